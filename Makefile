@@ -1,0 +1,30 @@
+# lwq: `make setup` once, then `python run.py` (the default sweep) and `make test`.
+PYTHON ?= python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+
+.PHONY: setup test lint format run reference-model check-reference figures bench
+
+setup:  ## install lwq and its pinned dependencies (torch 2.13.0; CPU build here)
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test: lint  ## ruff (lint + format check), then the whole test suite
+	$(PYTHON) -m pytest
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+run:  ## the main job on the embedded default model
+	$(PYTHON) run.py
+
+reference-model:  ## retrain models/ref-tiny from scratch (deterministic, ~30 min on 2 cores)
+	$(PYTHON) -m lwq.reference.train --out models/ref-tiny
+
+check-reference:  ## retrain into a temp dir and compare the weights' sha256 with the committed card
+	$(PYTHON) -m lwq.reference.train --out results/ref-tiny-rebuild
+	$(PYTHON) -c "import json,sys; a=json.load(open('models/ref-tiny/card.json'))['weights_sha256']; b=json.load(open('results/ref-tiny-rebuild/card.json'))['weights_sha256']; print('identical' if a==b else 'DIFFERENT'); sys.exit(a!=b)"

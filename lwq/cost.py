@@ -1,0 +1,44 @@
+"""What a plan costs: nominal bits, true bits per weight and bytes, computed from shapes.
+
+Nothing is quantized here, so the same numbers are available before a run (planning)
+and after it (records). Everything outside the blocks' linear layers (embeddings, norms,
+an untied LM head) is counted at 16 bits; tied weights count once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lwq.models import block_linears
+from lwq.plan import Plan
+from lwq.quant.base import Backend
+
+
+@dataclass(frozen=True)
+class Cost:
+    avg_bits: float  # nominal, the paper's number: mean of the per-block bits
+    bits_per_weight: float  # 8 * bytes of the blocks' linears (scales, zeros, bias) / weights
+    weight_bytes: int  # the whole model's weights as stored
+    block_bytes: tuple[int, ...]  # the linears of each block
+
+
+def plan_cost(model: torch.nn.Module, blocks, plan: Plan, backend: Backend) -> Cost:
+    if len(plan.bits) != len(blocks):
+        raise ValueError(f"plan has {len(plan.bits)} blocks, the model {len(blocks)}")
+    block_bytes, linear_params, weights = [], set(), 0
+    for block, bits in zip(blocks, plan.bits, strict=True):
+        total = 0
+        for _, module in block_linears(block):
+            total += backend.weight_bytes(module, bits)
+            weights += module.weight.numel()
+            linear_params.update(id(p) for p in module.parameters(recurse=False))
+        block_bytes.append(total)
+    other = sum(p.numel() for p in model.parameters() if id(p) not in linear_params)
+    return Cost(
+        avg_bits=plan.avg_bits,
+        bits_per_weight=8 * sum(block_bytes) / weights,
+        weight_bytes=sum(block_bytes) + 2 * other,
+        block_bytes=tuple(block_bytes),
+    )

@@ -1,0 +1,42 @@
+"""The metric registry and the one function that turns scores into an order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lwq.registry import Registry
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Raw per-block values and which direction means "more important"."""
+
+    values: tuple[float, ...]
+    higher_is_important: bool = True
+
+
+@dataclass(frozen=True)
+class Metric:
+    """`compute(model, blocks, calibration, **settings) -> Scores`.
+
+    `canonical` names the quantity (aliases share it, and so share cached scores);
+    `needs_calibration` says whether `calibration` (token ids) must be given.
+    """
+
+    canonical: str
+    compute: Callable[..., Scores]
+    needs_calibration: bool
+
+
+METRICS: Registry[Metric] = Registry("metric")
+
+
+def ranking(scores: Scores, *, reverse: bool = False) -> list[int]:
+    """Block indices from least to most important; ties keep the lower index first.
+
+    `reverse=True` is the sanity-bound baseline: the most important blocks go first.
+    """
+    sign = 1.0 if scores.higher_is_important else -1.0
+    order = sorted(range(len(scores.values)), key=lambda i: (sign * scores.values[i], i))
+    return order[::-1] if reverse else order

@@ -1,0 +1,203 @@
+"""Load a causal LM and find, generically, the parts layer-wise quantization works on.
+
+A model is a stack of decoder blocks; each block holds weight layers (`nn.Linear`, or
+transformers' `Conv1D` in GPT-2, whose weight is stored transposed). Nothing here is written
+per model family: the blocks are the one `nn.ModuleList` whose length is the config's number
+of hidden layers, and a block's weight layers are found by type. Anything unexpected raises
+`UnsupportedModelError` rather than being skipped, since a skipped layer would make the
+reported average bits wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.pytorch_utils import Conv1D
+
+from lwq.errors import LwqError
+
+WEIGHT_LAYERS = (nn.Linear, Conv1D)
+
+# A hub id is `owner/name` (letters, digits, `-`, `_`, `.`); anything else is a local path.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+class UnsupportedModelError(LwqError, ValueError):
+    """The model's layout is not one lwq can quantize block by block."""
+
+
+class ModelNotFoundError(LwqError, FileNotFoundError):
+    """The model is neither a local directory nor reachable (or cached) on the hub."""
+
+
+def _looks_like_hub_id(name_or_path: str) -> bool:
+    """True for `owner/name` strings such as `meta-llama/Llama-2-7b-hf`."""
+    return HUB_ID.fullmatch(name_or_path) is not None
+
+
+def _is_offline_error(err: BaseException) -> bool:
+    """True if `err` (or an exception it was raised from) means the hub could not be reached."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return True
+        if "couldn't connect to" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a hub id or a local directory.
+
+    Returns `(model, tokenizer)`: the model in eval mode on `device` with weights in `dtype`;
+    the tokenizer with `pad_token` set to `eos_token` when it had none (left unset if it has
+    neither). `trust_remote_code` is passed through as given. Raises ModelNotFoundError (a
+    FileNotFoundError) for a local path that does not exist and for a hub id that is neither
+    cached nor reachable.
+    """
+    path = os.path.expanduser(name_or_path)
+    if not os.path.exists(path) and not _looks_like_hub_id(path):
+        raise ModelNotFoundError(
+            f"model path {path!r} does not exist and is not a hub id (owner/name); "
+            "set model.path to a local checkpoint directory or a hub id"
+        )
+    options = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        # Tokenizer first: it is small, so an uncached model fails before any weights load.
+        tokenizer = AutoTokenizer.from_pretrained(path, **options)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, device_map=device, **options
+        )
+    except OSError as err:
+        if not _is_offline_error(err):
+            raise
+        raise ModelNotFoundError(
+            f"model {path!r} is not in the local cache and the hub cannot be reached; "
+            "download it on a machine with internet or point model.path at a local directory"
+        ) from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+def _num_layers(model: nn.Module) -> int:
+    """The config's number of decoder blocks (the text part's for composite configs)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no config; pass a transformers model"
+        )
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    count = getattr(config, "num_hidden_layers", None)
+    if not isinstance(count, int):
+        raise UnsupportedModelError(
+            f"{type(model).__name__}'s config has no integer num_hidden_layers to find blocks by"
+        )
+    return count
+
+
+def _is_block_like(module: nn.Module) -> bool:
+    """A container that holds weight layers, as opposed to a weight layer itself."""
+    if isinstance(module, WEIGHT_LAYERS):
+        return False
+    return any(isinstance(m, WEIGHT_LAYERS) for m in module.modules())
+
+
+def _describe(name: str, modules: nn.ModuleList) -> str:
+    classes = ", ".join(sorted({type(m).__name__ for m in modules})) or "empty"
+    return f"{name or '<root>'} ({len(modules)} x {classes})"
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder blocks, in order.
+
+    The one `nn.ModuleList` whose length equals `config.num_hidden_layers` and whose children
+    are all of one class that contains weight layers. Raises UnsupportedModelError naming
+    the ModuleLists found if none or several match.
+    """
+    count = _num_layers(model)
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList)]
+    matches = [
+        (name, modules)
+        for name, modules in lists
+        if len(modules) == count
+        and len({type(m) for m in modules}) == 1
+        and _is_block_like(modules[0])
+    ]
+    if len(matches) == 1:
+        return matches[0][1]
+    name = type(model).__name__
+    if matches:
+        candidates = "; ".join(_describe(n, m) for n, m in matches)
+        raise UnsupportedModelError(
+            f"{name}: {len(matches)} nn.ModuleLists could be its {count} decoder blocks: "
+            f"{candidates}; remove the extra one or extend lwq.models.find_blocks"
+        )
+    found = "; ".join(_describe(n, m) for n, m in lists) or "none"
+    raise UnsupportedModelError(
+        f"{name}: no nn.ModuleList of {count} same-class blocks with linear layers "
+        f"(config.num_hidden_layers = {count}); ModuleLists found: {found}"
+    )
+
+
+def block_linears(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The weight layers of one block, `(name relative to the block, module)` in module order.
+
+    `nn.Linear` (and subclasses) and transformers' `Conv1D`. 1-D parameters (norm scales,
+    biases) are ignored; any other module with a parameter of 2 or more dimensions raises
+    UnsupportedModelError, as does a block with no weight layers.
+    """
+    linears = []
+    for name, module in block.named_modules():
+        if any(name.startswith(f"{inner}.") for inner, _ in linears):
+            continue  # inside a weight layer (e.g. a wrapper's parts): the layer counts once
+        if isinstance(module, WEIGHT_LAYERS):
+            linears.append((name, module))
+            continue
+        for param_name, param in module.named_parameters(recurse=False):
+            if param.dim() >= 2:
+                where = f"{name}.{param_name}" if name else param_name
+                raise UnsupportedModelError(
+                    f"{type(block).__name__} has a {tuple(param.shape)} weight {where!r} in a "
+                    f"{type(module).__name__}, which is neither nn.Linear nor Conv1D; "
+                    "teach lwq.models.block_linears about it"
+                )
+    if not linears:
+        raise UnsupportedModelError(
+            f"{type(block).__name__} has no nn.Linear or Conv1D layers to quantize"
+        )
+    return linears
+
+
+def input_dim(module: nn.Module) -> int:
+    """The weight dimension holding input features: 1 for nn.Linear (out, in), 0 for Conv1D."""
+    if isinstance(module, Conv1D):
+        return 0
+    if isinstance(module, nn.Linear):
+        return 1
+    raise UnsupportedModelError(f"{type(module).__name__} is neither nn.Linear nor Conv1D")
+
+
+def count_parameters(module: nn.Module) -> int:
+    """The number of parameter elements in `module`, shared (tied) tensors counted once."""
+    return sum(p.numel() for p in module.parameters())

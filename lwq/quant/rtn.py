@@ -1,0 +1,82 @@
+"""Group-wise round-to-nearest (RTN) weight quantization in plain torch: the reference backend.
+
+Asymmetric min-max per group of `group_size` consecutive input features:
+scale = (max - min) / (2^bits - 1), zero = round(-min / scale),
+q = clamp(round(w / scale) + zero, 0, 2^bits - 1), w_hat = (q - zero) * scale.
+A row whose width is not a multiple of `group_size` ends in one shorter group.
+The module keeps the dequantized weight (exact for weight-only quantization up to the
+compute dtype); the byte count is that of the packed form: `bits` per weight, plus a
+16-bit scale and a `bits`-wide zero point per group.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lwq.errors import LwqError
+from lwq.models import input_dim
+from lwq.quant.base import BACKENDS, FULL_PRECISION, bias_bytes
+
+
+def quantize_groups(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Quantize-dequantize (..., G) groups of the last dim, each with its own scale/zero."""
+    levels = 2**bits - 1
+    lo = w.amin(dim=-1, keepdim=True).clamp(max=0.0)  # keep 0 representable
+    hi = w.amax(dim=-1, keepdim=True).clamp(min=0.0)
+    scale = ((hi - lo) / levels).clamp(min=torch.finfo(torch.float32).tiny)
+    zero = torch.round(-lo / scale)
+    q = torch.clamp(torch.round(w / scale) + zero, 0, levels)
+    return (q - zero) * scale
+
+
+def quantize_rows(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Quantize-dequantize a (rows, in) matrix group-wise along `in` (ragged last group)."""
+    rows, width = w.shape
+    full = (width // group_size) * group_size
+    out = torch.empty_like(w)
+    if full:
+        grouped = w[:, :full].reshape(rows, -1, group_size)  # (rows, groups, G)
+        out[:, :full] = quantize_groups(grouped, bits).reshape(rows, full)
+    if full < width:
+        out[:, full:] = quantize_groups(w[:, full:], bits)
+    return out
+
+
+@BACKENDS.register("rtn")
+class RTN:
+    """Round-to-nearest, 2 to 8 bits, any group size; identical maths on CPU and CUDA."""
+
+    name = "rtn"
+    supported_bits = frozenset({2, 3, 4, 5, 6, 7, 8, FULL_PRECISION})
+
+    def __init__(self, group_size: int = 128) -> None:
+        if group_size < 1:
+            raise LwqError(f"quant.group_size must be a positive integer, got {group_size}")
+        self.group_size = group_size
+
+    def settings(self) -> dict:
+        return {"group_size": self.group_size}
+
+    @torch.no_grad()
+    def quantize(self, module: torch.nn.Module, bits: int) -> int:
+        if bits == FULL_PRECISION:
+            return self.weight_bytes(module, bits)
+        dim = input_dim(module)
+        w = module.weight.data.float()
+        w = w if dim == 1 else w.t()  # (out, in)
+        q = quantize_rows(w, bits, self.group_size)
+        q = q if dim == 1 else q.t()
+        module.weight.data.copy_(q.to(module.weight.dtype))
+        return self.weight_bytes(module, bits)
+
+    def weight_bytes(self, module: torch.nn.Module, bits: int) -> int:
+        weight = module.weight
+        if bits == FULL_PRECISION:
+            return weight.numel() * 2 + bias_bytes(module)
+        width = weight.shape[input_dim(module)]
+        rows = weight.numel() // width
+        groups = rows * math.ceil(width / self.group_size)
+        payload_bits = weight.numel() * bits + groups * (16 + bits)
+        return math.ceil(payload_bits / 8) + bias_bytes(module)

@@ -1,0 +1,64 @@
+"""Importance scores computed once and cached on disk per (model, calibration, metric, settings)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from lwq.errors import LwqError
+from lwq.metrics import METRICS, Scores
+
+
+def cache_key(model_id: dict, metric: str, settings: dict, calibration: dict | None) -> dict:
+    """Everything the scores depend on. Aliases (lim/ldi) share the canonical name."""
+    return {
+        "model": model_id,
+        "metric": METRICS.get(metric).canonical,
+        "settings": settings,
+        "calibration": calibration if METRICS.get(metric).needs_calibration else None,
+    }
+
+
+def _path(cache_dir: Path, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / "scores" / f"{key['metric']}-{digest}.json"
+
+
+def load_cached(cache_dir: Path, key: dict) -> Scores | None:
+    path = _path(cache_dir, key)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data["key"] != key:
+            raise ValueError("key mismatch")
+        return Scores(tuple(float(v) for v in data["values"]), bool(data["higher_is_important"]))
+    except (ValueError, KeyError, TypeError) as err:
+        raise LwqError(f"score cache {path} is corrupt ({err}); delete it to recompute") from err
+
+
+def store(cache_dir: Path, key: dict, scores: Scores) -> Path:
+    """Write atomically (temp file + rename), so a crash never leaves half a cache file."""
+    path = _path(cache_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "key": key,
+        "values": list(scores.values),
+        "higher_is_important": scores.higher_is_important,
+    }
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def cached_scores(cache_dir: Path, key: dict, compute) -> tuple[Scores, bool]:
+    """(scores, was_cached): `compute()` runs only on a cache miss."""
+    hit = load_cached(cache_dir, key)
+    if hit is not None:
+        return hit, True
+    scores = compute()
+    store(cache_dir, key, scores)
+    return scores, False

@@ -1,0 +1,92 @@
+"""Named text sources for calibration and perplexity, resolved the same way everywhere.
+
+- `ref-train`, `ref-calib`, `ref-heldout`: splits of the standard-library corpus that
+  the embedded reference model was trained on (lwq.reference.corpus).
+- `wikitext2-test`: the local WikiText-2 raw test file under the data directory
+  (`paths.data`, env LWQ_DATA), split into its articles.
+- `wikitext2-train`: the hub data set `Salesforce/wikitext` (needs internet or a cached copy).
+- `file:<path>`: one local UTF-8 text file.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+from lwq.errors import LwqError
+from lwq.reference.corpus import load_split
+
+WIKITEXT_TEST = "wikitext-2-raw/wiki.test.raw"
+_ARTICLE_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def load_texts(source: str, data_dir: Path) -> list[str]:
+    """The documents of a named source, in a fixed order."""
+    if source.startswith("ref-"):
+        return [doc.text for doc in load_split(source.removeprefix("ref-"))]
+    if source == "wikitext2-test":
+        return wikitext_articles(_read(data_dir / WIKITEXT_TEST, "paths.data=<dir> or LWQ_DATA"))
+    if source == "wikitext2-train":
+        return _hub_wikitext("train")
+    if source.startswith("file:"):
+        return [_read(Path(source.removeprefix("file:")), "calib.text=file:<path>")]
+    raise LwqError(
+        f"unknown text source {source!r}; use ref-train, ref-calib, ref-heldout, "
+        "wikitext2-test, wikitext2-train or file:<path>"
+    )
+
+
+def _read(path: Path, how_to_point: str) -> str:
+    if not path.is_file():
+        raise LwqError(f"text file {path} not found; point to it with {how_to_point}")
+    return path.read_text(encoding="utf-8")
+
+
+def wikitext_articles(raw: str) -> list[str]:
+    """Split raw WikiText into articles at top-level ` = Title = ` lines."""
+    articles: list[list[str]] = []
+    for line in raw.splitlines(keepends=True):
+        if _ARTICLE_TITLE.match(line.rstrip("\n")) or not articles:
+            articles.append([])
+        articles[-1].append(line)
+    return ["".join(lines) for lines in articles]
+
+
+def _hub_wikitext(split: str) -> list[str]:
+    """WikiText-2 raw from the hub; rows joined per article as in the local file."""
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=split)["text"]
+    except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
+        raise LwqError(
+            f"could not load Salesforce/wikitext ({type(err).__name__}); without internet "
+            "use a local file: calib.text=file:<path>"
+        ) from err
+    return wikitext_articles("".join(rows))
+
+
+def chunk_documents(texts: list[str], max_chars: int) -> list[str]:
+    """Cut documents at line boundaries into pieces of at most ~max_chars characters."""
+    chunks = []
+    for text in texts:
+        current = ""
+        for line in text.splitlines(keepends=True):
+            if current and len(current) + len(line) > max_chars:
+                chunks.append(current)
+                current = ""
+            current += line
+        if current.strip():
+            chunks.append(current)
+    return chunks
+
+
+def seeded_subset(items: list[str], limit: int | None, seed: int) -> list[str]:
+    """The same `limit` items for every point of a sweep (a seeded sample, kept in order)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    if limit < 1:
+        raise LwqError(f"limit must be at least 1 (got {limit}); use null for all items")
+    picked = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in picked]

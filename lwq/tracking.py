@@ -1,0 +1,44 @@
+"""Experiment tracking: wandb (offline unless WANDB_MODE says otherwise) or nothing.
+
+The local records stay the source of truth; a tracker only mirrors them, one wandb run
+per sweep and one logged step per point.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lwq.errors import LwqError
+
+
+class NullTracker:
+    def log(self, step: int, values: dict) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbTracker:
+    def __init__(self, *, project: str, name: str, config: dict, mode: str, dir: Path) -> None:
+        import wandb
+
+        os.environ.setdefault("WANDB_MODE", mode)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        Path(dir).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=project, name=name, config=config, dir=str(dir))
+
+    def log(self, step: int, values: dict) -> None:
+        self.run.log(values, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def make_tracker(name: str, **settings):
+    if name == "none":
+        return NullTracker()
+    if name == "wandb":
+        return WandbTracker(**settings)
+    raise LwqError(f"unknown tracking {name!r}; use tracking=wandb or tracking=none")

@@ -1,0 +1,113 @@
+"""Importance metrics: contracts from the paper notes, on small models built here."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lwq.errors import LwqError
+from lwq.metrics import METRICS, Scores, ranking
+from lwq.metrics.zd import outlier_share
+
+
+def _tiny_llama(blocks=6, seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=blocks,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+class _NearIdentity(torch.nn.Module):
+    """Wraps a block and shrinks its residual update: output ~ input."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self.block(hidden_states, *args, **kwargs)
+        out = out[0] if isinstance(out, tuple) else out
+        return hidden_states + 1e-3 * (out - hidden_states)
+
+
+def _calibration(n=4, seq=16, seed=0):
+    return torch.randint(0, 128, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("k", [0, 2, 5])
+def test_ldi_gives_an_identity_like_block_the_lowest_score(k):
+    model = _tiny_llama()
+    blocks = model.model.layers
+    blocks[k] = _NearIdentity(blocks[k])
+    scores = METRICS.get("ldi").compute(model, blocks, _calibration())
+    assert len(scores.values) == 6
+    assert min(range(6), key=lambda i: scores.values[i]) == k
+    assert ranking(scores)[0] == k
+
+
+def test_ldi_is_finite_deterministic_and_lim_is_the_same():
+    model = _tiny_llama()
+    blocks = model.model.layers
+    ldi = METRICS.get("ldi").compute(model, blocks, _calibration())
+    again = METRICS.get("ldi").compute(model, blocks, _calibration())
+    lim = METRICS.get("lim").compute(model, blocks, _calibration())
+    assert ldi == again == lim
+    assert all(0.0 <= v <= 2.0 for v in ldi.values)
+    assert METRICS.get("lim").canonical == "ldi"
+
+
+def test_ldi_sequence_reduce_differs_only_in_averaging():
+    model = _tiny_llama()
+    blocks = model.model.layers
+    token = METRICS.get("ldi").compute(model, blocks, _calibration(), reduce="token")
+    seq = METRICS.get("ldi").compute(model, blocks, _calibration(), reduce="sequence")
+    # equal-length sequences without padding: the two means coincide
+    assert token.values == pytest.approx(seq.values, rel=1e-5)
+    with pytest.raises(LwqError, match="token or sequence"):
+        METRICS.get("ldi").compute(model, blocks, _calibration(), reduce="max")
+
+
+def test_zd_matches_a_hand_computed_value():
+    w = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 10.0, -10.0]])
+    # mean 0, population std sqrt(200 / 8) = 5: |z| = 2 for the two outliers, 0 elsewhere
+    assert outlier_share(w, 1.0) == (2, 8)
+    assert outlier_share(w, 2.5) == (0, 8)
+
+
+def test_zd_pools_the_block_linears_and_follows_the_paper_direction():
+    model = _tiny_llama(blocks=3)
+    blocks = model.model.layers
+    scores = METRICS.get("zd").compute(model, blocks)
+    first = blocks[0]
+    linears = [m for m in first.modules() if isinstance(m, torch.nn.Linear)]
+    counts = [outlier_share(m.weight, 1.0) for m in linears]
+    assert scores.values[0] == pytest.approx(sum(c for c, _ in counts) / sum(n for _, n in counts))
+    assert scores.higher_is_important is False  # smaller share = more important (paper)
+    flipped = METRICS.get("zd").compute(model, blocks, direction="larger_is_important")
+    assert ranking(flipped) == ranking(scores, reverse=True)
+
+
+def test_random_order_is_seeded():
+    model = _tiny_llama(blocks=8)
+    blocks = model.model.layers
+    a = METRICS.get("random").compute(model, blocks, seed=1)
+    b = METRICS.get("random").compute(model, blocks, seed=1)
+    c = METRICS.get("random").compute(model, blocks, seed=2)
+    assert a == b and ranking(a) != ranking(c)
+
+
+def test_ranking_breaks_ties_by_block_index_and_reverses():
+    scores = Scores((0.5, 0.1, 0.5, 0.9))
+    assert ranking(scores) == [1, 0, 2, 3]
+    assert ranking(scores, reverse=True) == [3, 2, 0, 1]
+    assert ranking(Scores((0.5, 0.1, 0.9), higher_is_important=False)) == [2, 0, 1]
+
+
+def test_unknown_metric_lists_the_known_ones():
+    with pytest.raises(LwqError, match="known: ldi, lim, random, zd"):
+        METRICS.get("ldl")

@@ -1,0 +1,97 @@
+"""RTN: the contract every backend meets, checked on the reference implementation."""
+
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+from lwq.errors import LwqError
+from lwq.quant import BACKENDS, check_bits, make_backend
+from lwq.quant.rtn import quantize_rows
+
+
+def _linear(out_features=64, in_features=200, seed=0):
+    torch.manual_seed(seed)
+    layer = torch.nn.Linear(in_features, out_features, bias=True)
+    return layer
+
+
+def _rel_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_error_falls_as_bits_rise():
+    original = _linear()
+    errors = []
+    for bits in range(2, 9):
+        layer = _linear()
+        make_backend("rtn", group_size=64).quantize(layer, bits)
+        errors.append(_rel_error(layer.weight, original.weight))
+    assert all(a > b for a, b in zip(errors, errors[1:], strict=False)), errors
+    assert errors[-1] < 0.01
+
+
+def test_16_bits_is_identity():
+    layer, original = _linear(), _linear()
+    make_backend("rtn").quantize(layer, 16)
+    assert torch.equal(layer.weight, original.weight)
+
+
+@pytest.mark.parametrize("group_size", [16, 64, 200, 256])
+def test_each_group_has_its_own_grid(group_size):
+    layer = _linear(in_features=200)
+    bits = 3
+    make_backend("rtn", group_size=group_size).quantize(layer, bits)
+    w = layer.weight.detach()
+    for start in range(0, 200, group_size):  # the last group may be shorter (200 % 64 = 8)
+        group = w[:, start : start + group_size]
+        for row in group:
+            assert len(torch.unique(row)) <= 2**bits
+
+
+def test_groups_are_independent():
+    """Changing one group's weights leaves every other group's quantized values alone."""
+    a, b = _linear(in_features=128), _linear(in_features=128)
+    with torch.no_grad():
+        b.weight[:, :32] *= 10
+    rtn = make_backend("rtn", group_size=32)
+    rtn.quantize(a, 4)
+    rtn.quantize(b, 4)
+    assert torch.equal(a.weight[:, 32:], b.weight[:, 32:])
+    assert not torch.equal(a.weight[:, :32], b.weight[:, :32])
+
+
+def test_conv1d_groups_along_its_input_dim():
+    """GPT-2's Conv1D stores (in, out): the same maths as the transposed Linear."""
+    linear = _linear(out_features=48, in_features=96)
+    conv = Conv1D(48, 96)
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.t())
+    rtn = make_backend("rtn", group_size=32)
+    rtn.quantize(linear, 3)
+    rtn.quantize(conv, 3)
+    assert torch.allclose(conv.weight.t(), linear.weight)
+
+
+def test_ragged_width_is_quantized_not_skipped():
+    w = torch.randn(8, 100)
+    q = quantize_rows(w, 2, 64)
+    assert not torch.equal(q[:, 64:], w[:, 64:])
+    assert len(torch.unique(q[0, 64:])) <= 4
+
+
+def test_bytes_count_scales_and_zero_points():
+    layer = _linear(out_features=64, in_features=200)
+    rtn = make_backend("rtn", group_size=64)
+    groups = 64 * 4  # ceil(200 / 64) = 4 groups per row
+    expected = (64 * 200 * 4 + groups * (16 + 4)) // 8 + 64 * 2
+    assert rtn.weight_bytes(layer, 4) == expected
+    assert rtn.quantize(layer, 4) == expected
+    assert rtn.weight_bytes(layer, 16) == 64 * 200 * 2 + 64 * 2
+
+
+def test_unsupported_bits_are_refused_with_the_fix():
+    rtn = make_backend("rtn")
+    with pytest.raises(LwqError, match="cannot do 1 bits"):
+        check_bits(rtn, 1)
+    with pytest.raises(LwqError, match="unknown quant backend 'rnt'.*did you mean 'rtn'"):
+        BACKENDS.get("rnt")

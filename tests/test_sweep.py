@@ -1,0 +1,83 @@
+"""End to end on the committed reference model: records, resume, the 16-bit identity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lwq.records import RecordStore
+from lwq.sweep import run_sweep
+from tests.conftest import compose_config, small_run_overrides
+
+
+def _records(tmp_path, model="ref-tiny"):
+    return RecordStore(tmp_path / "results" / model / "records.jsonl").read()
+
+
+def _ppl(record):
+    return record["eval"]["cross_check"]["token_perplexity"]
+
+
+@pytest.fixture(scope="module")
+def first_sweep(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    cfg = compose_config(*small_run_overrides(tmp_path))
+    written = run_sweep(cfg)
+    return tmp_path, written
+
+
+def test_one_record_per_point_plus_the_reference(first_sweep):
+    tmp_path, written = first_sweep
+    records = _records(tmp_path)
+    assert len(written) == len(records) == 4
+    quantized = [r for r in records if r["kind"] == "quantized"]
+    assert [r["k"] for r in quantized] == [0, 6, 12]
+    assert [r["avg_bits"] for r in quantized] == [4.0, 3.0, 2.0]
+    for r in quantized:
+        assert r["plan"].count(2) == r["k"] and len(r["plan"]) == 12
+        assert r["bits_per_weight"] > r["avg_bits"]  # scales and zero points cost bits
+        assert r["eval"]["cross_check"]["agrees"], r["eval"]["cross_check"]
+
+
+def test_quality_falls_as_more_blocks_go_to_2_bits(first_sweep):
+    tmp_path, _ = first_sweep
+    records = _records(tmp_path)
+    reference = next(r for r in records if r["kind"] == "reference")
+    ppl = [_ppl(r) for r in records if r["kind"] == "quantized"]
+    assert _ppl(reference) < ppl[0] < ppl[1] < ppl[2]
+
+
+def test_rerun_writes_nothing(first_sweep):
+    tmp_path, _ = first_sweep
+    before = (tmp_path / "results" / "ref-tiny" / "records.jsonl").read_text()
+    written = run_sweep(compose_config(*small_run_overrides(tmp_path)))
+    assert written == []
+    assert (tmp_path / "results" / "ref-tiny" / "records.jsonl").read_text() == before
+
+
+def test_lim_is_ldi_and_shares_its_points(first_sweep):
+    tmp_path, _ = first_sweep
+    written = run_sweep(compose_config(*small_run_overrides(tmp_path), "metric=lim"))
+    assert written == []  # same canonical metric, same settings: every point is already there
+
+
+def test_fraction_zero_with_16_bit_high_is_the_unquantized_model(tmp_path):
+    cfg = compose_config(*small_run_overrides(tmp_path), "sweep.high=16", "sweep.fractions=[0]")
+    run_sweep(cfg)
+    records = _records(tmp_path)
+    reference = next(r for r in records if r["kind"] == "reference")
+    point = next(r for r in records if r["kind"] == "quantized")
+    assert point["k"] == 0 and point["avg_bits"] == 16
+    assert point["eval"]["tasks"] == reference["eval"]["tasks"]
+    assert _ppl(point) == _ppl(reference)
+
+
+def test_records_carry_what_figures_and_reruns_need(first_sweep):
+    tmp_path, _ = first_sweep
+    record = next(r for r in _records(tmp_path) if r["kind"] == "quantized")
+    for key in ("scores", "ranking", "plan", "weight_bytes", "sweep_id", "versions", "config"):
+        assert key in record
+    assert record["config"]["metric"]["name"] == "ldi"
+    assert sorted(record["ranking"]) == list(range(12))
+    json.dumps(record)  # plain JSON all the way down
