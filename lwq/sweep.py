@@ -159,7 +159,7 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
     tracker = _tracker(cfg, f"{cfg.model.name}-{cfg.metric.name}-{sweep_id[:8]}", config)
     written = []
 
-    def evaluate_point(key: str, point: dict, step: int) -> None:
+    def evaluate_point(key: str, point: dict) -> None:
         started = time.time()
         result = suite.evaluate(model, tokenizer)
         record = {
@@ -171,12 +171,12 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         store.append(record)
+        tracker.log(len(written), _flat_metrics(result) | _axes(point))  # one step per point
         written.append(record)
-        tracker.log(step, _flat_metrics(result) | {"avg_bits": point["avg_bits"]})
 
     if cfg.sweep.reference and reference_key not in done:
         tqdm.write("evaluating the unquantized model (reference)")
-        evaluate_point(reference_key, {"kind": "reference", "avg_bits": 16.0, "k": None}, -1)
+        evaluate_point(reference_key, {"kind": "reference", "avg_bits": 16.0, "k": None})
 
     plans = {k: two_level_plan(order, k, high=cfg.sweep.high, low=cfg.sweep.low) for k in ks}
     costs = {k: plan_cost(model, blocks, plan, backend) for k, plan in plans.items()}
@@ -188,7 +188,7 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
                 tqdm.write(f"k={k}: already in {store.path}, skipped")
                 continue
             applier.apply(plans[k])
-            evaluate_point(key, _point(k, plans[k], costs[k], order, cfg.sweep), step=k)
+            evaluate_point(key, _point(k, plans[k], costs[k], order, cfg.sweep))
     finally:
         applier.restore()
         tracker.finish()
@@ -227,6 +227,12 @@ def _tracker(cfg: DictConfig, run_name: str, config: dict):
         mode=cfg.tracking.mode,
         dir=resolve_path(cfg.paths.results),
     )
+
+
+def _axes(point: dict) -> dict:
+    """The x-axis values of a point as tracked (the reference has k = -1)."""
+    k = point["k"]
+    return {"k": -1 if k is None else k, "avg_bits": point["avg_bits"]}
 
 
 def _flat_metrics(result: dict) -> dict:

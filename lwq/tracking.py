@@ -36,9 +36,9 @@ class WandbTracker:
         self.run.finish()
 
 
-def make_tracker(name: str, **settings):
-    if name == "none":
+def make_tracker(kind: str, **settings):
+    if kind == "none":
         return NullTracker()
-    if name == "wandb":
+    if kind == "wandb":
         return WandbTracker(**settings)
-    raise LwqError(f"unknown tracking {name!r}; use tracking=wandb or tracking=none")
+    raise LwqError(f"unknown tracking {kind!r}; use tracking=wandb or tracking=none")

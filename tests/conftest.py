@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-REF_MODEL = ROOT / "models" / "ref-tiny"
+REF_MODEL = Path(os.environ.get("LWQ_TEST_REF_MODEL", ROOT / "models" / "ref-tiny"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -27,6 +27,7 @@ def compose_config(*overrides: str):
 def small_run_overrides(tmp_path: Path) -> list[str]:
     """A CPU-sized sweep: few points, small eval, no tracking, results in tmp."""
     return [
+        f"model.path={REF_MODEL}",
         f"paths.results={tmp_path / 'results'}",
         "tracking=none",
         "sweep.fractions=[0,0.5,1]",

@@ -112,11 +112,12 @@ def shrunk_model(
     return model.eval()
 
 
-def shrunk_from_conf(conf_path: str | Path, *, seed: int = 0) -> PreTrainedModel:
+def shrunk_from_conf(conf_path: str | Path, *, seed: int = 0, **overrides) -> PreTrainedModel:
     """The 4-block shrunk copy of the model described by one `conf/model/*.yaml` file.
 
     Built as the conf's `shrink_as` family with head_dim 16, the conf's query/key-value head
     ratio (at least 2 kv heads where GQA) and its MLP/hidden width ratio (rounded to 64).
+    `overrides` go to the config as in `shrunk_model` (e.g. a `vocab_size` for a tokenizer).
     """
     conf = yaml.safe_load(Path(conf_path).read_text())
     family = conf["shrink_as"]
@@ -133,4 +134,5 @@ def shrunk_from_conf(conf_path: str | Path, *, seed: int = 0) -> PreTrainedModel
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         intermediate_size=_round64(mlp_ratio * hidden),
+        **overrides,
     )

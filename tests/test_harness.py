@@ -204,7 +204,7 @@ def test_files_are_rewritten_only_when_texts_change(tmp_path, model, tokenizer):
     assert_agrees(changed.evaluate(model, tokenizer)["docs"], reference)
 
 
-def test_evaluate_does_not_touch_the_network(tmp_path, model, tokenizer, monkeypatch):
+def test_evaluate_stays_offline_and_leaves_rngs_alone(tmp_path, model, tokenizer, monkeypatch):
     import datasets.config
     import huggingface_hub.constants
 
@@ -228,8 +228,12 @@ def test_evaluate_does_not_touch_the_network(tmp_path, model, tokenizer, monkeyp
         return real_getaddrinfo(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", recording_getaddrinfo)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
     harness.evaluate(model, tokenizer)
     assert lookups == []
+    assert torch.equal(torch.rand(3), expected)  # simple_evaluate reseeds unless told not to
 
 
 def test_versions(harness):
