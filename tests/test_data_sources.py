@@ -1,0 +1,50 @@
+"""Text sources and calibration windows: real data, fixed order, clear errors."""
+
+import pytest
+import torch
+
+from lwq.calibration import calibration_ids
+from lwq.errors import LwqError
+from lwq.reference.corpus import load_split, split_of
+from lwq.texts import chunk_documents, load_texts, seeded_subset
+
+
+def test_wikitext_test_file_splits_into_articles(data_dir):
+    articles = load_texts("wikitext2-test", data_dir)
+    assert articles[0].startswith(" = Robert Boulter = \n")
+    assert len(articles) > 50
+    assert "".join(articles) == (data_dir / "wikitext-2-raw" / "wiki.test.raw").read_text()
+
+
+def test_missing_data_names_the_path_and_the_fix(tmp_path):
+    with pytest.raises(LwqError, match=f"{tmp_path}.*LWQ_DATA"):
+        load_texts("wikitext2-test", tmp_path)
+    with pytest.raises(LwqError, match="unknown text source"):
+        load_texts("wikitext-103", tmp_path)
+
+
+def test_reference_splits_are_disjoint_and_leave_out_generated_tables():
+    names = {s: {d.name for d in load_split(s)} for s in ("train", "calib", "heldout")}
+    assert not (names["train"] & names["heldout"]) and not (names["calib"] & names["heldout"])
+    everything = set().union(*names.values())
+    assert not any(n.startswith("encodings/") or "/test/" in f"/{n}" for n in everything)
+    assert all(split_of(n) == "heldout" for n in names["heldout"])
+    assert len(names["heldout"]) >= 20
+
+
+def test_chunks_and_subsets_are_deterministic():
+    texts = ["a\n" * 50, "b\n" * 10]
+    chunks = chunk_documents(texts, 20)
+    assert all(len(c) <= 20 for c in chunks) and "".join(chunks) == "".join(texts)
+    assert seeded_subset(chunks, 3, seed=1) == seeded_subset(chunks, 3, seed=1)
+    assert seeded_subset(chunks, 3, seed=1) != seeded_subset(chunks, 3, seed=2)
+
+
+def test_calibration_windows_are_seeded_and_sized(ref_model):
+    _, tokenizer = ref_model
+    texts = [d.text for d in load_split("calib")]
+    a = calibration_ids(texts, tokenizer, samples=4, seq_len=32, seed=0)
+    b = calibration_ids(texts, tokenizer, samples=4, seq_len=32, seed=0)
+    assert a.shape == (4, 32) and torch.equal(a, b)
+    with pytest.raises(LwqError, match="calib.seq_len"):
+        calibration_ids(["tiny"], tokenizer, samples=1, seq_len=64, seed=0)
