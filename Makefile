@@ -28,3 +28,6 @@ reference-model:  ## retrain models/ref-tiny from scratch (deterministic, ~30 mi
 check-reference:  ## retrain into a temp dir and compare the weights' sha256 with the committed card
 	$(PYTHON) -m lwq.reference.train --out results/ref-tiny-rebuild
 	$(PYTHON) -c "import json,sys; a=json.load(open('models/ref-tiny/card.json'))['weights_sha256']; b=json.load(open('results/ref-tiny-rebuild/card.json'))['weights_sha256']; print('identical' if a==b else 'DIFFERENT'); sys.exit(a!=b)"
+
+bench:  ## time the default sweep; writes bench/results.json (run it alone on the machine)
+	$(PYTHON) -m lwq.bench

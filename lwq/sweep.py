@@ -187,8 +187,10 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
             if key in done:
                 tqdm.write(f"k={k}: already in {store.path}, skipped")
                 continue
+            started = time.time()
             applier.apply(plans[k])
-            evaluate_point(key, _point(k, plans[k], costs[k], order, cfg.sweep))
+            point = _point(k, plans[k], costs[k], order, cfg.sweep)
+            evaluate_point(key, point | {"quantize_seconds": round(time.time() - started, 3)})
     finally:
         applier.restore()
         tracker.finish()

@@ -109,5 +109,13 @@ def test_ranking_breaks_ties_by_block_index_and_reverses():
 
 
 def test_unknown_metric_lists_the_known_ones():
-    with pytest.raises(LwqError, match="known: ldi, lim, random, zd"):
+    with pytest.raises(LwqError, match="known: ldi, lim, position, random, zd"):
         METRICS.get("ldl")
+
+
+def test_position_prior_is_u_shaped():
+    model = _tiny_llama(blocks=7)
+    scores = METRICS.get("position").compute(model, model.model.layers)
+    assert scores.values[0] == scores.values[6] == 1.0 and scores.values[3] == 0.0
+    order = ranking(scores)
+    assert order[0] == 3 and set(order[-2:]) == {0, 6}
