@@ -1,4 +1,4 @@
-"""Entry point: `python run.py [overrides] [sweep|scores]`.
+"""Entry point: `python run.py [overrides] [sweep|scores|compare]`.
 
 The bare word picks the command (`python run.py model=llama2-13b metric=ldi sweep`); Hydra
 itself only understands `key=value`, so the word is turned into `command=<word>` first.
@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from lwq.errors import LwqError
 
-COMMANDS = ("sweep", "scores")
+COMMANDS = ("sweep", "scores", "compare")
 
 
 def command_words_to_overrides(argv: list[str]) -> list[str]:
@@ -22,9 +22,10 @@ def command_words_to_overrides(argv: list[str]) -> list[str]:
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from lwq.sweep import run_scores, run_sweep
+    from lwq.compare import run_compare, run_scores
+    from lwq.sweep import run_sweep
 
-    runners = {"sweep": run_sweep, "scores": run_scores}
+    runners = {"sweep": run_sweep, "scores": run_scores, "compare": run_compare}
     try:
         if cfg.command not in runners:
             raise LwqError(f"unknown command {cfg.command!r}; use one of {', '.join(runners)}")

@@ -24,20 +24,29 @@ class Cost:
     block_bytes: tuple[int, ...]  # the linears of each block
 
 
-def plan_cost(model: torch.nn.Module, blocks, plan: Plan, backend: Backend) -> Cost:
+def plan_cost(
+    model: torch.nn.Module, blocks, plan: Plan, backend: Backend, removed: tuple[int, ...] = ()
+) -> Cost:
+    """Sizes of `model` under `plan`; `removed` blocks (pruning) cost nothing at all and
+    leave the nominal average over the kept blocks."""
     if len(plan.bits) != len(blocks):
         raise ValueError(f"plan has {len(plan.bits)} blocks, the model {len(blocks)}")
     block_bytes, linear_params, weights = [], set(), 0
-    for block, bits in zip(blocks, plan.bits, strict=True):
+    for i, (block, bits) in enumerate(zip(blocks, plan.bits, strict=True)):
         total = 0
+        if i in removed:
+            linear_params.update(id(p) for p in block.parameters())
+            block_bytes.append(0)
+            continue
         for _, module in block_linears(block):
             total += backend.weight_bytes(module, bits)
             weights += module.weight.numel()
             linear_params.update(id(p) for p in module.parameters(recurse=False))
         block_bytes.append(total)
     other = sum(p.numel() for p in model.parameters() if id(p) not in linear_params)
+    kept = [b for i, b in enumerate(plan.bits) if i not in removed]
     return Cost(
-        avg_bits=plan.avg_bits,
+        avg_bits=sum(kept) / len(kept),
         bits_per_weight=8 * sum(block_bytes) / weights,
         weight_bytes=sum(block_bytes) + 2 * other,
         block_bytes=tuple(block_bytes),

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from lwq.errors import LwqError
 
@@ -68,3 +71,23 @@ def sweep_points(n_blocks: int, fractions: list[float] | None, blocks: list[int]
     if not fractions:
         raise LwqError("sweep.fractions is empty; give e.g. [0, 0.5, 1] or set sweep.blocks")
     return sorted({blocks_for_fraction(f, n_blocks) for f in fractions})
+
+
+def read_plan_file(path: Path) -> Plan:
+    """A hand-edited plan: YAML or JSON, either `bits: [4, 2, ...]` or `{block: bits}` for
+    every block (`0: 4`, `1: 2`, ...). Applied exactly; nothing is filled in."""
+    path = Path(path)
+    if not path.is_file():
+        raise LwqError(f"plan file {path} not found; pass plan_file=<path to .yaml/.json>")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise LwqError(f"plan file {path} is not valid YAML/JSON: {err}") from err
+    if isinstance(data, dict) and "bits" in data:
+        return Plan(tuple(int(b) for b in data["bits"]))
+    if isinstance(data, dict) and data:
+        blocks = sorted(int(k) for k in data)
+        if blocks != list(range(len(blocks))):
+            raise LwqError(f"plan file {path} must give every block 0..N-1 once; got {blocks}")
+        return Plan(tuple(int(data[k]) for k in sorted(data, key=int)))
+    raise LwqError(f"plan file {path}: write `bits: [4, 2, ...]` or `0: 4` lines per block")

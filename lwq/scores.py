@@ -34,7 +34,10 @@ def load_cached(cache_dir: Path, key: dict) -> Scores | None:
         data = json.loads(path.read_text())
         if data["key"] != key:
             raise ValueError("key mismatch")
-        return Scores(tuple(float(v) for v in data["values"]), bool(data["higher_is_important"]))
+        details = {name: tuple(map(float, v)) for name, v in data.get("details", {}).items()}
+        return Scores(
+            tuple(float(v) for v in data["values"]), bool(data["higher_is_important"]), details
+        )
     except (ValueError, KeyError, TypeError) as err:
         raise LwqError(f"score cache {path} is corrupt ({err}); delete it to recompute") from err
 
@@ -47,6 +50,7 @@ def store(cache_dir: Path, key: dict, scores: Scores) -> Path:
         "key": key,
         "values": list(scores.values),
         "higher_is_important": scores.higher_is_important,
+        "details": {name: list(v) for name, v in scores.details.items()},
     }
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=1))

@@ -1,244 +1,132 @@
-"""The run recipe: load once, score once, then evaluate every point of the fraction sweep.
+"""The run recipe: load once, score once, then evaluate every point of the sweep.
 
 This is the one place that reads the composed Hydra config; everything it calls takes
-plain typed arguments.
+plain typed arguments. A sweep evaluates, for one model and one backend:
+the unquantized reference, then for each variant of the metric (several seeds for
+`random`) every k of the fraction sweep, either quantizing the k least important blocks
+low (`baseline=none`) or removing them (`baseline=prune`); plus, when asked, a plan
+allocated to an exact budget and a plan read from a file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import platform
 import time
-from dataclasses import asdict
 
-import torch
-import transformers
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-import lwq
 from lwq.apply import PlanApplier
-from lwq.calibration import calibration_ids
 from lwq.cost import plan_cost
-from lwq.device import pick_device, pick_dtype
-from lwq.evaluation.suite import EvalSpec, Suite
-from lwq.metrics import METRICS, ranking
-from lwq.models import find_blocks, load_model
+from lwq.metrics import ranking
 from lwq.paths import resolve_path
-from lwq.plan import Plan, sweep_points, two_level_plan
-from lwq.quant import check_bits, make_backend
-from lwq.records import RecordStore
-from lwq.scores import cache_key, cached_scores
+from lwq.plan import Plan, read_plan_file, sweep_points, two_level_plan
+from lwq.planned import allocated_point, manual_point
+from lwq.prune import blocks_removed
+from lwq.recipe import digest, importance, metric_variants, model_identity
+from lwq.session import Session, open_session, plan_point
 from lwq.summary import format_table
-from lwq.texts import load_texts
-from lwq.tracking import make_tracker
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def model_identity(cfg: DictConfig) -> dict:
-    m = cfg.model
-    return {"name": m.name, "path": m.path, "revision": m.revision, "dtype": m.dtype}
-
-
-def eval_spec(cfg: DictConfig) -> EvalSpec:
-    e = cfg.eval
-    return EvalSpec(e.name, e.text, e.chunk_chars, e.limit, e.seed, e.max_length)
-
-
-def load(cfg: DictConfig):
-    """(model, tokenizer, blocks, device) for the configured model."""
-    device = pick_device(cfg.device)
-    model, tokenizer = load_model(
-        str(resolve_path(cfg.model.path)),
-        dtype=pick_dtype(cfg.model.dtype, device),
-        device=device,
-        trust_remote_code=cfg.model.trust_remote_code,
-        revision=cfg.model.revision,
-    )
-    return model, tokenizer, find_blocks(model), device
-
-
-def importance(cfg: DictConfig, model, tokenizer, blocks):
-    """(scores, cache identity, was_cached) of the configured metric, from cache when possible."""
-    metric = METRICS.get(cfg.metric.name)
-    settings = OmegaConf.to_container(cfg.metric.settings, resolve=True)
-    calib = OmegaConf.to_container(cfg.calib, resolve=True)
-    key = cache_key(model_identity(cfg), cfg.metric.name, settings, calib)
-
-    def compute():
-        ids = None
-        if metric.needs_calibration:
-            texts = load_texts(calib["text"], resolve_path(cfg.paths.data))
-            ids = calibration_ids(
-                texts,
-                tokenizer,
-                samples=calib["samples"],
-                seq_len=calib["seq_len"],
-                seed=calib["seed"],
-            )
-        return metric.compute(model, blocks, ids, **settings)
-
-    scores, was_cached = cached_scores(resolve_path(cfg.paths.cache), key, compute)
-    return scores, key, was_cached
-
-
-def versions() -> dict:
-    return {
-        "lwq": lwq.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def run_scores(cfg: DictConfig) -> dict:
-    """`command=scores`: print each block's score and the resulting order."""
-    model, tokenizer, blocks, _ = load(cfg)
-    scores, _, was_cached = importance(cfg, model, tokenizer, blocks)
-    order = ranking(scores, reverse=cfg.metric.reverse)
-    origin = "cached" if was_cached else "computed"
-    print(f"{cfg.metric.name} scores of {cfg.model.name} ({origin}):")
-    for i, value in enumerate(scores.values):
-        print(f"  block {i:3d}  {value:.6f}  rank {order.index(i)}")
-    print("least -> most important:", order)
-    return {"scores": list(scores.values), "ranking": order}
 
 
 def run_sweep(cfg: DictConfig) -> list[dict]:
-    """`command=sweep`: every point of the fraction sweep, resuming from the records."""
-    backend = make_backend(cfg.quant.name, **cfg.quant.settings)
-    check_bits(backend, cfg.sweep.high)  # refuse bad bits before any heavy work
-    check_bits(backend, cfg.sweep.low)
-    model, tokenizer, blocks, device = load(cfg)
-    ks = sweep_points(len(blocks), cfg.sweep.fractions, cfg.sweep.blocks)
-    store = RecordStore(resolve_path(cfg.paths.results) / cfg.model.name / "records.jsonl")
-    done = store.done_keys()
+    """`command=sweep`: every point, resuming from the records; returns the new records."""
+    session = open_session(cfg)
+    keys = []
+    try:
+        keys.append(_reference(session))
+        for settings in metric_variants(cfg):
+            keys += _ordering_sweep(session, settings)
+        if cfg.budget is not None or cfg.budget_bytes is not None:
+            keys.append(allocated_point(session))
+        if cfg.plan_file:
+            keys.append(manual_point(session, read_plan_file(resolve_path(cfg.plan_file))))
+    finally:
+        session.tracker.finish()
+    print(format_table([r for r in session.store.read() if r.get("point_key") in set(keys)]))
+    return session.written
 
-    scores, score_key, _ = importance(cfg, model, tokenizer, blocks)
+
+def _reference(s: Session) -> str:
+    """The unquantized model, once per (model, eval), shared by every sweep."""
+    key = "reference-" + digest({"model": model_identity(s.cfg), "eval": s.suite.identity()})
+    if s.cfg.sweep.reference and key not in s.done:
+        tqdm.write("evaluating the unquantized model (reference)")
+        s.evaluate(key, {"kind": "reference", "avg_bits": 16.0, "k": None})
+    return key
+
+
+def _ordering_sweep(s: Session, settings: dict) -> list[str]:
+    """Every k of the fraction sweep for one metric variant; returns the point keys."""
+    cfg = s.cfg
+    scores, score_key, _ = importance(cfg, s.model, s.tokenizer, s.blocks, settings)
     order = ranking(scores, reverse=cfg.metric.reverse)
-    spec = eval_spec(cfg)
-    suite = Suite(
-        spec,
-        data_dir=resolve_path(cfg.paths.data),
-        workdir=resolve_path(cfg.paths.cache) / "tasks",
-        batch_size=cfg.eval.batch_size,
-        cross_check=cfg.eval.cross_check,
-    )
-    reference_key = "reference-" + _digest({"model": model_identity(cfg), "eval": asdict(spec)})
-    quant = {"name": backend.name, **backend.settings()}
-    sweep_id = _digest(
+    prune = cfg.baseline.name == "prune"
+    sweep_id = digest(
         {
             "model": model_identity(cfg),
-            "eval": asdict(spec),
+            "eval": s.suite.identity(),
             "metric": {**score_key, "reverse": cfg.metric.reverse},
-            "quant": quant,
+            "quant": s.common["quant"],
             "high": cfg.sweep.high,
-            "low": cfg.sweep.low,
+            "low": None if prune else cfg.sweep.low,
+            "baseline": cfg.baseline.name,
         }
     )
-    config = OmegaConf.to_container(cfg, resolve=True)
-    common = {
-        "model": cfg.model.name,
+    ordering = {
         "metric": cfg.metric.name,
         "metric_canonical": score_key["metric"],
+        "metric_settings": settings,
         "reverse": cfg.metric.reverse,
+        "baseline": cfg.baseline.name,
         "scores": list(scores.values),
         "higher_is_important": scores.higher_is_important,
         "ranking": order,
         "sweep_id": sweep_id,
-        "quant": quant,
-        "eval_provenance": suite.provenance(),
-        "versions": versions(),
-        "device": str(device),
-        "config": config,
     }
-    tracker = _tracker(cfg, f"{cfg.model.name}-{cfg.metric.name}-{sweep_id[:8]}", config)
-    written = []
-
-    def evaluate_point(key: str, point: dict) -> None:
-        started = time.time()
-        result = suite.evaluate(model, tokenizer)
-        record = {
-            **common,
-            **point,
-            "point_key": key,
-            "eval": result,
-            "seconds": round(time.time() - started, 2),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        store.append(record)
-        tracker.log(len(written), _flat_metrics(result) | _axes(point))  # one step per point
-        written.append(record)
-
-    if cfg.sweep.reference and reference_key not in done:
-        tqdm.write("evaluating the unquantized model (reference)")
-        evaluate_point(reference_key, {"kind": "reference", "avg_bits": 16.0, "k": None})
-
-    plans = {k: two_level_plan(order, k, high=cfg.sweep.high, low=cfg.sweep.low) for k in ks}
-    costs = {k: plan_cost(model, blocks, plan, backend) for k, plan in plans.items()}
-    applier = PlanApplier(blocks, backend)
+    ks = sweep_points(len(s.blocks), cfg.sweep.fractions, cfg.sweep.blocks)
+    if prune and len(s.blocks) in ks:
+        tqdm.write(f"k={len(s.blocks)}: a model without blocks cannot run; pruning stops at L-1")
+        ks.remove(len(s.blocks))
+    applier = PlanApplier(s.blocks, s.backend)
+    keys = [f"{sweep_id}-k{k}" for k in ks]
+    todo = [(k, key) for k, key in zip(ks, keys, strict=True) if key not in s.done]
+    if len(todo) < len(ks):
+        tqdm.write(f"{len(ks) - len(todo)} of {len(ks)} points already in {s.store.path}")
+    desc = f"{cfg.baseline.name} {cfg.model.name} {cfg.metric.name} {settings}"
     try:
-        for k in tqdm(ks, desc=f"sweep {cfg.model.name} {cfg.metric.name}", unit="point"):
-            key = f"{sweep_id}-k{k}"
-            if key in done:
-                tqdm.write(f"k={k}: already in {store.path}, skipped")
-                continue
+        for k, key in tqdm(todo, desc=desc, unit="point"):
             started = time.time()
-            applier.apply(plans[k])
-            point = _point(k, plans[k], costs[k], order, cfg.sweep)
-            evaluate_point(key, point | {"quantize_seconds": round(time.time() - started, 3)})
+            if prune:
+                applier.apply(two_level_plan(order, 0, high=cfg.sweep.high, low=cfg.sweep.high))
+                point = _pruned_point(s, k, order, time.time() - started)
+                with blocks_removed(s.model, s.blocks, order[:k]):
+                    s.evaluate(key, ordering | point)
+            else:
+                plan = two_level_plan(order, k, high=cfg.sweep.high, low=cfg.sweep.low)
+                applier.apply(plan)
+                point = plan_point("quantized", s, plan, time.time() - started)
+                s.evaluate(key, ordering | point | {"k": k, "low_blocks": sorted(order[:k])})
     finally:
         applier.restore()
-        tracker.finish()
-    ours = {reference_key} | {f"{sweep_id}-k{k}" for k in ks}
-    print(format_table([r for r in store.read() if r.get("point_key") in ours]))
-    return written
+    return keys
 
 
-def _point(k: int, plan: Plan, cost, order: list[int], sweep) -> dict:
-    """The per-point part of a record: where it sits in the sweep and what it costs."""
-    n = len(plan.bits)
+def _pruned_point(s: Session, k: int, order: list[int], quantize_seconds: float) -> dict:
+    n = len(s.blocks)
+    plan = Plan((s.cfg.sweep.high,) * n)
+    removed = tuple(sorted(order[:k]))
+    cost = plan_cost(s.model, s.blocks, plan, s.backend, removed=removed)
     return {
-        "kind": "quantized",
+        "kind": "pruned",
         "k": k,
         "n_blocks": n,
         "fraction": k / n,
-        "high": sweep.high,
-        "low": sweep.low,
+        "high": s.cfg.sweep.high,
+        "low": None,
+        "removed_blocks": list(removed),
         "plan": list(plan.bits),
-        "low_blocks": sorted(order[:k]),
         "avg_bits": cost.avg_bits,
         "bits_per_weight": cost.bits_per_weight,
         "weight_bytes": cost.weight_bytes,
         "block_bytes": list(cost.block_bytes),
+        "quantize_seconds": round(quantize_seconds, 3),
     }
-
-
-def _tracker(cfg: DictConfig, run_name: str, config: dict):
-    if cfg.tracking.name == "none":
-        return make_tracker("none")
-    return make_tracker(
-        cfg.tracking.name,
-        project=cfg.tracking.project,
-        name=run_name,
-        config=config,
-        mode=cfg.tracking.mode,
-        dir=resolve_path(cfg.paths.results),
-    )
-
-
-def _axes(point: dict) -> dict:
-    """The x-axis values of a point as tracked (the reference has k = -1)."""
-    k = point["k"]
-    return {"k": -1 if k is None else k, "avg_bits": point["avg_bits"]}
-
-
-def _flat_metrics(result: dict) -> dict:
-    flat = {f"{task}/{m}": v for task, ms in result["tasks"].items() for m, v in ms.items()}
-    if result["cross_check"]:
-        flat["cross_check/token_perplexity"] = result["cross_check"]["token_perplexity"]
-    return flat

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lwq.registry import Registry
 
 
 @dataclass(frozen=True)
 class Scores:
-    """Raw per-block values and which direction means "more important"."""
+    """Raw per-block values and which direction means "more important".
+
+    `details` holds further per-block series a metric measured on the way (e.g. the
+    sensitivity at every bit-width, which the budget allocator needs), keyed by name.
+    """
 
     values: tuple[float, ...]
     higher_is_important: bool = True
+    details: dict[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

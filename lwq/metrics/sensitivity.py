@@ -1,0 +1,87 @@
+"""Measured sensitivity: the ground truth the cheap scores (LIM, ZD) are judged against.
+
+For each block alone, quantize it (the configured backend, `bits`) and measure the mean
+KL divergence KL(p_full || p_quantized) of the next-token distribution over the
+calibration tokens, plus the perplexity ratio. Costs one forward pass over the
+calibration set per (block, bit-width); the full-precision log-probabilities are computed
+once and kept on the host.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from lwq.apply import PlanApplier
+from lwq.errors import LwqError
+from lwq.metrics.base import METRICS, Metric, Scores
+from lwq.plan import Plan
+from lwq.quant.base import FULL_PRECISION, make_backend
+
+
+@torch.no_grad()
+def _logprobs(model, calibration: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(calibration), batch_size):
+        ids = calibration[start : start + batch_size].to(device)
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, S-1, V)
+        out.append(F.log_softmax(logits.float(), dim=-1).cpu())
+    return out
+
+
+def _kl_and_nll(reference: list[torch.Tensor], quantized: list[torch.Tensor], calibration):
+    """Mean KL(ref || quantized) per token and mean NLL of the true next tokens."""
+    kl = nll = 0.0
+    tokens = 0
+    start = 0
+    for ref, q in zip(reference, quantized, strict=True):
+        targets = calibration[start : start + len(ref), 1:]  # (B, S-1)
+        start += len(ref)
+        kl += F.kl_div(q, ref, log_target=True, reduction="sum").item()
+        nll -= q.gather(-1, targets.unsqueeze(-1)).sum().item()
+        tokens += targets.numel()
+    return kl / tokens, nll / tokens
+
+
+@torch.no_grad()
+def sensitivity_scores(
+    model,
+    blocks,
+    calibration: torch.Tensor,
+    *,
+    bits: int,
+    quant: dict,
+    table_bits: list[int] | None = None,
+    batch_size: int = 8,
+) -> Scores:
+    """KL at `bits` per block (higher = more important); `details` has `kl@b` and `ppl@b`
+    for every b in `table_bits` (and `bits`), plus the full-precision `ppl@16`."""
+    widths = sorted({bits, *(table_bits or [])})
+    if FULL_PRECISION in widths:
+        raise LwqError("metric.settings.table_bits must not contain 16 (that is the reference)")
+    backend = make_backend(quant["name"], **quant.get("settings", {}))
+    reference = _logprobs(model, calibration, batch_size)
+    _, ref_nll = _kl_and_nll(reference, reference, calibration)
+    details: dict[str, list[float]] = {f"{kind}@{b}": [] for b in widths for kind in ("kl", "ppl")}
+    applier = PlanApplier(blocks, backend)
+    try:
+        for i in range(len(blocks)):
+            for b in widths:
+                applier.apply(
+                    Plan(tuple(b if j == i else FULL_PRECISION for j in range(len(blocks))))
+                )
+                kl, nll = _kl_and_nll(
+                    reference, _logprobs(model, calibration, batch_size), calibration
+                )
+                details[f"kl@{b}"].append(kl)
+                details[f"ppl@{b}"].append(math.exp(nll))
+    finally:
+        applier.restore()
+    details["ppl@16"] = [math.exp(ref_nll)] * len(blocks)
+    return Scores(tuple(details[f"kl@{bits}"]), True, {k: tuple(v) for k, v in details.items()})
+
+
+METRICS.register("sensitivity")(Metric("sensitivity", sensitivity_scores, needs_calibration=True))

@@ -1,0 +1,137 @@
+"""A sweep session: what is loaded or prepared once, and how one point becomes a record."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from lwq.apply import PlanApplier
+from lwq.cost import plan_cost
+from lwq.paths import resolve_path
+from lwq.plan import Plan, blocks_for_fraction
+from lwq.quant import check_bits, make_backend
+from lwq.recipe import load, make_suite, plain, versions
+from lwq.records import RecordStore
+from lwq.tracking import make_tracker
+
+
+@dataclass
+class Session:
+    """Everything a sweep loads or prepares once, and what it has written so far."""
+
+    cfg: DictConfig
+    model: object
+    tokenizer: object
+    blocks: object
+    backend: object
+    suite: object
+    store: RecordStore
+    tracker: object
+    common: dict
+    done: set[str]
+    written: list[dict] = field(default_factory=list)
+
+    def evaluate(self, key: str, point: dict) -> dict:
+        """Evaluate the model as it is now and append one record (and one tracked step)."""
+        started = time.time()
+        result = self.suite.evaluate(self.model, self.tokenizer)
+        record = {
+            **self.common,
+            **point,
+            "point_key": key,
+            "eval": result,
+            "seconds": round(time.time() - started, 2),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.store.append(record)
+        self.tracker.log(len(self.written), _flat_metrics(result) | _axes(point))
+        self.written.append(record)
+        self.done.add(key)
+        return record
+
+    def evaluate_plan(self, key: str, kind: str, plan: Plan, extra: dict | None = None) -> None:
+        """Install `plan` alone, evaluate it (unless already recorded), restore the model."""
+        if key in self.done:
+            return
+        applier = PlanApplier(self.blocks, self.backend)
+        try:
+            started = time.time()
+            applier.apply(plan)
+            point = plan_point(kind, self, plan, time.time() - started)
+            self.evaluate(key, point | (extra or {}))
+        finally:
+            applier.restore()
+
+
+def open_session(cfg: DictConfig) -> Session:
+    backend = make_backend(cfg.quant.name, **cfg.quant.settings)
+    check_bits(backend, cfg.sweep.high)  # refuse bad bits before any heavy work
+    check_bits(backend, cfg.sweep.low)
+    for fraction in cfg.sweep.fractions or []:
+        blocks_for_fraction(fraction, 1)  # a bad fraction fails before the model loads
+    model, tokenizer, blocks, device = load(cfg)
+    store = RecordStore(resolve_path(cfg.paths.results) / cfg.model.name / "records.jsonl")
+    suite = make_suite(cfg)
+    config = plain(cfg)
+    common = {
+        "model": cfg.model.name,
+        "quant": {"name": backend.name, **backend.settings()},
+        "eval_provenance": suite.provenance(),
+        "versions": versions(),
+        "device": str(device),
+        "config": config,
+    }
+    run_name = f"{cfg.model.name}-{cfg.metric.name}-{cfg.baseline.name}-{time.strftime('%H%M%S')}"
+    tracker = _tracker(cfg, run_name, config)
+    return Session(
+        cfg, model, tokenizer, blocks, backend, suite, store, tracker, common, store.done_keys()
+    )
+
+
+def plan_point(kind: str, s: Session, plan: Plan, quantize_seconds: float) -> dict:
+    """The per-point part of a record for an installed plan: its bits and what it costs."""
+    cost = plan_cost(s.model, s.blocks, plan, s.backend)
+    n = len(plan.bits)
+    low = s.cfg.sweep.low
+    return {
+        "kind": kind,
+        "k": sum(1 for b in plan.bits if b == low) if kind == "quantized" else None,
+        "n_blocks": n,
+        "fraction": sum(1 for b in plan.bits if b == low) / n,
+        "high": s.cfg.sweep.high,
+        "low": low,
+        "plan": list(plan.bits),
+        "avg_bits": cost.avg_bits,
+        "bits_per_weight": cost.bits_per_weight,
+        "weight_bytes": cost.weight_bytes,
+        "block_bytes": list(cost.block_bytes),
+        "quantize_seconds": round(quantize_seconds, 3),
+    }
+
+
+def _tracker(cfg: DictConfig, run_name: str, config: dict):
+    if cfg.tracking.name == "none":
+        return make_tracker("none")
+    return make_tracker(
+        cfg.tracking.name,
+        project=cfg.tracking.project,
+        name=run_name,
+        config=config,
+        mode=cfg.tracking.mode,
+        dir=resolve_path(cfg.paths.results),
+    )
+
+
+def _axes(point: dict) -> dict:
+    """The x-axis values of a point as tracked (points without a k log k = -1)."""
+    k = point.get("k")
+    return {"k": -1 if k is None else k, "avg_bits": point["avg_bits"]}
+
+
+def _flat_metrics(result: dict) -> dict:
+    flat = {f"{task}/{m}": v for task, ms in result["tasks"].items() for m, v in ms.items()}
+    if result.get("cross_check"):
+        flat["cross_check/token_perplexity"] = result["cross_check"]["token_perplexity"]
+    return flat
