@@ -109,7 +109,7 @@ def test_ranking_breaks_ties_by_block_index_and_reverses():
 
 
 def test_unknown_metric_lists_the_known_ones():
-    with pytest.raises(LwqError, match="known: ldi, lim, position, random, zd"):
+    with pytest.raises(LwqError, match="known: ldi, lim, position, random, sensitivity, zd"):
         METRICS.get("ldl")
 
 
@@ -119,3 +119,23 @@ def test_position_prior_is_u_shaped():
     assert scores.values[0] == scores.values[6] == 1.0 and scores.values[3] == 0.0
     order = ranking(scores)
     assert order[0] == 3 and set(order[-2:]) == {0, 6}
+
+
+def test_sensitivity_is_kl_per_block_falling_with_bits_and_leaves_the_model_intact():
+    model = _tiny_llama(blocks=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    blocks = model.model.layers
+    quant = {"name": "rtn", "settings": {"group_size": 32}}
+    scores = METRICS.get("sensitivity").compute(
+        model, blocks, _calibration(), bits=2, quant=quant, table_bits=[3, 8]
+    )
+    assert scores.values == scores.details["kl@2"] and len(scores.values) == 4
+    for i in range(4):
+        assert scores.details["kl@2"][i] > scores.details["kl@3"][i] > scores.details["kl@8"][i]
+        assert scores.details["kl@8"][i] > -1e-6
+        assert scores.details["ppl@2"][i] != scores.details["ppl@16"][i]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(LwqError, match="must not contain 16"):
+        METRICS.get("sensitivity").compute(
+            model, blocks, _calibration(), bits=2, quant=quant, table_bits=[16]
+        )
