@@ -29,5 +29,8 @@ check-reference:  ## retrain into a temp dir and compare the weights' sha256 wit
 	$(PYTHON) -m lwq.reference.train --out results/ref-tiny-rebuild
 	$(PYTHON) -c "import json,sys; a=json.load(open('models/ref-tiny/card.json'))['weights_sha256']; b=json.load(open('results/ref-tiny-rebuild/card.json'))['weights_sha256']; print('identical' if a==b else 'DIFFERENT'); sys.exit(a!=b)"
 
+figures:  ## figures from results/*/records.jsonl into plots/out/ (options: FIGURES_ARGS="--perf average:acc")
+	$(PYTHON) -m lwq.figures $(FIGURES_ARGS)
+
 bench:  ## time the default sweep; writes bench/results.json (run it alone on the machine)
 	$(PYTHON) -m lwq.bench
