@@ -71,9 +71,9 @@ def open_session(cfg: DictConfig) -> Session:
     check_bits(backend, cfg.sweep.low)
     for fraction in cfg.sweep.fractions or []:
         blocks_for_fraction(fraction, 1)  # a bad fraction fails before the model loads
+    suite = make_suite(cfg)  # bad task names and missing data fail before the model loads
     model, tokenizer, blocks, device = load(cfg)
     store = RecordStore(resolve_path(cfg.paths.results) / cfg.model.name / "records.jsonl")
-    suite = make_suite(cfg)
     config = plain(cfg)
     common = {
         "model": cfg.model.name,
@@ -132,6 +132,8 @@ def _axes(point: dict) -> dict:
 
 def _flat_metrics(result: dict) -> dict:
     flat = {f"{task}/{m}": v for task, ms in result["tasks"].items() for m, v in ms.items()}
+    for metric, value in (result.get("average") or {}).items():
+        flat[f"average/{metric}"] = value
     if result.get("cross_check"):
         flat["cross_check/token_perplexity"] = result["cross_check"]["token_perplexity"]
     return flat

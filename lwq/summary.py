@@ -13,6 +13,8 @@ def metric_columns(record: dict) -> dict[str, float]:
         for name, value in metrics.items():
             if not name.endswith(_SKIP):
                 columns[f"{short}:{name}"] = value
+    for name, value in (record["eval"].get("average") or {}).items():
+        columns[f"average:{name}"] = value
     check = record["eval"].get("cross_check")
     if check:
         columns["token_ppl"] = check["token_perplexity"]

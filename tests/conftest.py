@@ -15,7 +15,6 @@ REF_MODEL = Path(os.environ.get("LWQ_TEST_REF_MODEL", ROOT / "models" / "ref-tin
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def compose_config(*overrides: str):

@@ -160,6 +160,17 @@ def test_second_evaluate_sees_the_modified_model(harness, scores, model, tokeniz
         assert again[name] == pytest.approx(scores[name], rel=1e-9)
 
 
+def test_reused_requests_start_empty_at_every_call(harness, scores, model, tokenizer):
+    """Responses of one call never reach the next (lm-eval reads resps[0] of each request)."""
+    harness.evaluate(model, tokenizer)
+    task = harness._loaded["docs"]
+    first = task.instances
+    harness.evaluate(model, tokenizer)
+    assert task.instances is not first and len(task.instances) == len(first)
+    assert all(len(instance.resps) == 1 for instance in task.instances)
+    assert all(len(instance.resps) == 1 for instance in first)  # untouched by the 2nd call
+
+
 def test_limit_evaluates_only_the_first_document(harness, scores, model, tokenizer):
     limited = Harness(
         [PerplexityTask("docs", TEXTS)],

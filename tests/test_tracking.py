@@ -1,5 +1,6 @@
 """Tracking mirrors the records: one wandb run per sweep, one logged step per point."""
 
+import lwq.session
 import lwq.sweep
 from lwq.tracking import WandbTracker
 from tests.conftest import compose_config, small_run_overrides
@@ -18,7 +19,7 @@ class RecordingTracker:
 
 def test_one_step_per_evaluated_point(tmp_path, monkeypatch):
     tracker = RecordingTracker()
-    monkeypatch.setattr(lwq.sweep, "make_tracker", lambda kind, **settings: tracker)
+    monkeypatch.setattr(lwq.session, "make_tracker", lambda kind, **settings: tracker)
     cfg = compose_config(*small_run_overrides(tmp_path), "sweep.fractions=[0,1]")
     written = lwq.sweep.run_sweep(cfg)
     assert [s for s, _ in tracker.steps] == list(range(len(written))) == [0, 1, 2]

@@ -1,194 +1,248 @@
 """Evaluate an in-memory model through lm-evaluation-harness's public API, fully offline.
 
 A `Harness` is prepared once per sweep: it writes each task's documents (jsonl) and an
-lm-eval task YAML into a work directory and builds one `TaskManager` over that directory
-only. `Harness.evaluate` then wraps each model variant in `HFLM` and runs
-`lm_eval.simple_evaluate` on the task names. Nothing is cached between calls: lm-eval
-rebuilds the requests from the documents every time and the model is run every time.
+lm-eval task YAML into a work directory, indexes that directory only (`TaskManager`)
+and builds the lm-eval task objects once (data loaded, documents processed).
+`Harness.evaluate` then runs `lm_eval.evaluator.evaluate` on those same objects for each
+model variant, one task at a time (a progress bar per task). Reusing a task object is
+safe: `Task.build_all_requests` replaces its instances on every call, so responses never
+leak from one call into the next. Two pure steps are done once per harness instead of
+once per call: rendering the requests (`_RequestsOnce`: fresh copies of the first call's
+instances, responses empty) and tokenizing each (context, continuation) pair (`_hflm`).
+The model is run every time; no response is cached.
 
-A task kind (only `PerplexityTask` so far; multiple-choice kinds such as ARC or
-HellaSwag would be siblings) says three things: its documents, its lm-eval YAML keys and
-the HFLM options it needs.
+`lm_eval.simple_evaluate` is not used: per call it rebuilds every task from its YAML and
+collects environment information (`pip list`, git), ~0.6 s of pure overhead per point.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import re
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
+from tqdm.auto import tqdm
 
 from lwq.errors import LwqError
+from lwq.evaluation.kinds import TASK_VERSION, BuiltinTask, PerplexityTask
+from lwq.texts import seeded_subset
 
-TASK_VERSION = 1  # metadata.version of every YAML written here; bump when the layout changes
+__all__ = ["TASK_VERSION", "BuiltinTask", "Harness", "PerplexityTask", "lm_eval_version"]
 
-# metric -> lm-eval aggregation (lm_eval/api/metrics.py); all three are lower-is-better.
-_PERPLEXITY_METRICS = {
-    "word_perplexity": "weighted_perplexity",
-    "byte_perplexity": "weighted_perplexity",
-    "bits_per_byte": "bits_per_byte",
-}
-_TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-@dataclass(frozen=True)
-class PerplexityTask:
-    """Rolling log-likelihood (lm-eval `loglikelihood_rolling`) over `texts`, one document each.
-
-    Scores match `lwq.evaluation.perplexity.perplexity` on the same texts: words are
-    `re.split(r"\\s+")` pieces, bytes are UTF-8 bytes, every token is predicted once.
-    """
-
-    name: str
-    texts: tuple[str, ...]
-
-    # The prefix token (BOS, else EOS) already starts every text, so the tokenizer must not
-    # add its own BOS: with HFLM's default (add_bos_token=None) a BOS-adding tokenizer puts
-    # a second BOS into the scored tokens, and P(BOS | BOS) is added to the text's NLL.
-    lm_options: ClassVar[dict[str, Any]] = {"add_bos_token": False}
-
-    def __post_init__(self) -> None:
-        _check_task_name(self.name)
-        if isinstance(self.texts, str) or not isinstance(self.texts, tuple | list):
-            raise LwqError(
-                f"task {self.name!r}: texts must be a tuple of strings, one per document"
-            )
-        object.__setattr__(self, "texts", tuple(self.texts))
-        if not self.texts:
-            raise LwqError(f"task {self.name!r} has no texts; give it at least one document")
-        for i, text in enumerate(self.texts):
-            if not isinstance(text, str):
-                raise LwqError(f"task {self.name!r}: text {i} is a {type(text).__name__}, not str")
-            if not text.strip():
-                # lm-eval would score no tokens yet count one word: a silent garbage number.
-                raise LwqError(f"task {self.name!r}: text {i} is empty; drop it from the texts")
-
-    def documents(self) -> list[dict[str, str]]:
-        return [{"text": text} for text in self.texts]
-
-    def lm_eval_config(self) -> dict[str, Any]:
-        """This kind's task YAML keys (the harness adds name, dataset and version)."""
-        return {
-            "output_type": "loglikelihood_rolling",
-            "doc_to_text": "",
-            # The column name rather than "{{text}}": lm-eval literal_evals a rendered target
-            # that looks like a list, so "[1, 2]" would become [1, 2] (Task.doc_to_target).
-            "doc_to_target": "text",
-            "metric_list": [
-                {"metric": metric, "aggregation": aggregation, "higher_is_better": False}
-                for metric, aggregation in _PERPLEXITY_METRICS.items()
-            ],
-        }
+Task = PerplexityTask | BuiltinTask
+FEWSHOT_SEED = 1234  # lm-eval's default fewshot seed (simple_evaluate); unused at zero-shot
 
 
 class Harness:
     """lm-eval tasks prepared once per sweep, then evaluated on many model variants.
 
     `workdir` belongs to the harness: lm-eval indexes every YAML in it. It holds
-    `<task>.jsonl` and `<task>.yaml` per task and `datasets_cache/` (the `datasets`
-    cache of those jsonl files). A file is rewritten only when its content changed, so
-    the `datasets` cache of unchanged tasks stays valid.
+    `<task>.jsonl` (local documents) and `<task>.yaml` per task and `datasets_cache/`
+    (the `datasets` cache of those jsonl files). A file is rewritten only when its
+    content changed, so the `datasets` cache of unchanged tasks stays valid.
+    `limit` keeps the first `limit` documents of every task (lm-eval's `limit`);
+    `bootstrap_iters` is lm-eval's, for the stderr of bootstrapped metrics (perplexity).
     """
 
     def __init__(
         self,
-        tasks: list[PerplexityTask],
+        tasks: list[Task],
         *,
         workdir: Path,
         batch_size: int,
         max_length: int,
         limit: int | None = None,
+        bootstrap_iters: int = 1000,
     ) -> None:
-        _check_tasks(tasks)
+        _check_tasks(tasks, limit)
         _check_positive(batch_size=batch_size, max_length=max_length, limit=limit)
         self.tasks = tuple(tasks)
         self.workdir = Path(workdir).resolve()
         self.batch_size = batch_size
         self.max_length = max_length
         self.limit = limit
-        _go_offline()
+        self.bootstrap_iters = bootstrap_iters
+        self._lms: dict[tuple, Any] = {}
+        if not any(task.documents() is None for task in self.tasks):
+            _go_offline()  # hub tasks load their data once, below; everything else is local
         _quiet_lm_eval()
         self.workdir.mkdir(parents=True, exist_ok=True)
         for task in self.tasks:
             self._write_task(task)
+        self._loaded = self._load_tasks()
+        self._samples = {t.name: self._sample(t) for t in self.tasks if _subsets_hub_docs(t)}
 
-        from lm_eval.tasks import TaskManager
-
-        # include_defaults=False: only our YAMLs; indexing lm-eval's built-in tasks costs ~6 s.
-        self._task_manager = TaskManager(include_path=str(self.workdir), include_defaults=False)
-        unindexed = [t.name for t in self.tasks if t.name not in self._task_manager.all_tasks]
-        if unindexed:
-            raise LwqError(f"lm-eval did not index tasks {unindexed} written to {self.workdir}")
-
-    def evaluate(self, model, tokenizer) -> dict[str, dict[str, float]]:
+    def evaluate(self, model, tokenizer, *, desc: str = "eval") -> dict[str, dict[str, float]]:
         """{task: {metric: value, metric + "_stderr": value}} for `model` on every task.
 
-        A stderr is present only where lm-eval computes one (not for perplexities).
-        HFLM puts `model` in eval mode, calls `model.tie_weights()` and gives `tokenizer`
-        a pad token if it has none.
+        A stderr is present only where lm-eval computes one (not for the weighted
+        perplexities). Puts `model` in eval mode; the first call with a model also calls
+        `model.tie_weights()` and gives `tokenizer` a pad token if it has none (HFLM).
         """
         _check_context(model, self.max_length)
         _go_offline()
-
-        import lm_eval
-        from lm_eval.models.huggingface import HFLM
+        model.eval()  # blocks swapped in since the last call may be in training mode
+        from lm_eval.evaluator import evaluate
 
         scores: dict[str, dict[str, float]] = {}
-        for options, names in _group_by_lm_options(self.tasks).items():
-            lm = HFLM(
-                pretrained=model,
-                tokenizer=tokenizer,
-                batch_size=self.batch_size,
-                max_length=self.max_length,
-                **dict(options),
-            )
-            out = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=names,
-                task_manager=self._task_manager,
+        bar = tqdm(self.tasks, desc=desc, unit="task", leave=False)
+        for task in bar:
+            bar.set_postfix_str(task.name)
+            samples = {task.name: self._samples[task.name]} if task.name in self._samples else None
+            out = evaluate(
+                lm=self._lm(model, tokenizer, task.lm_options),
+                task_dict={"tasks": {task.name: self._loaded[task.name]}},
                 limit=self.limit,
+                samples=samples,
+                bootstrap_iters=self.bootstrap_iters,
                 log_samples=False,
-                cache_requests=False,
-                # None: do not reseed the caller's random, numpy and torch generators.
-                random_seed=None,
-                numpy_random_seed=None,
-                torch_random_seed=None,
             )
-            scores |= {name: _task_scores(out["results"][name]) for name in names}
+            scores[task.name] = _task_scores(out["results"][task.name])
         return scores
 
     def task_versions(self) -> dict[str, Any]:
         """{task: version} as lm-eval reports it in a result's "versions"."""
-        loaded = self._task_manager.load([task.name for task in self.tasks])["tasks"]
-        return {name: task.VERSION for name, task in loaded.items()}
+        return {name: task.VERSION for name, task in self._loaded.items()}
 
-    def _write_task(self, task: PerplexityTask) -> None:
+    def items(self) -> dict[str, int]:
+        """{task: number of documents evaluated at every call}."""
+        counts = {}
+        for name, task in self._loaded.items():
+            n = len(self._samples[name]) if name in self._samples else len(task.eval_docs)
+            counts[name] = n if self.limit is None else min(n, self.limit)
+        return counts
+
+    def _lm(self, model, tokenizer, options: dict[str, Any]):
+        """One HFLM per (model, tokenizer, options), kept for the harness' lifetime."""
+        key = (id(model), id(tokenizer), tuple(sorted(options.items())))
+        held = self._lms.get(key)
+        if held is None or held[0] is not model or held[1] is not tokenizer:
+            lm = _hflm()(
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=self.batch_size,
+                max_length=self.max_length,
+                **options,
+            )
+            held = self._lms[key] = (model, tokenizer, lm)
+        return held[2]
+
+    def _load_tasks(self) -> dict[str, Any]:
+        """Index the workdir and build every task object once (zero-shot, lm-eval's seed)."""
+        from lm_eval.tasks import TaskManager
+
+        # include_defaults=False: only our YAMLs; indexing lm-eval's built-in tasks costs ~6 s.
+        manager = TaskManager(include_path=str(self.workdir), include_defaults=False)
+        names = [task.name for task in self.tasks]
+        unindexed = [name for name in names if name not in manager.all_tasks]
+        if unindexed:
+            raise LwqError(f"lm-eval did not index tasks {unindexed} written to {self.workdir}")
+        loaded = _load(manager, names, from_hub=any(t.documents() is None for t in self.tasks))
+        for task in loaded.values():  # what simple_evaluate does to every task it loads
+            if task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=0)
+            task.set_fewshot_seed(seed=FEWSHOT_SEED)
+            task.build_all_requests = _RequestsOnce(task)
+        return loaded
+
+    def _sample(self, task: BuiltinTask) -> list[int]:
+        """Seeded document indices of a hub task: the same subset at every call."""
+        n = len(self._loaded[task.name].eval_docs)
+        return seeded_subset(list(range(n)), task.limit, task.seed)
+
+    def _write_task(self, task: Task) -> None:
         data = self.workdir / f"{task.name}.jsonl"
-        _write_if_changed(data, "".join(json.dumps(doc) + "\n" for doc in task.documents()))
-        config = {
-            "task": task.name,
+        docs = task.documents()
+        if docs is not None:
+            _write_if_changed(data, "".join(json.dumps(doc) + "\n" for doc in docs))
+        config = task_config(task, data, cache_dir=self.workdir / "datasets_cache")
+        text = yaml.safe_dump(config, sort_keys=False)
+        _write_if_changed(self.workdir / f"{task.name}.yaml", text)
+
+
+def task_config(task: Task, data: Path, *, cache_dir: Path) -> dict[str, Any]:
+    """The lm-eval task YAML of `task`; local documents are read from the jsonl `data`."""
+    config: dict[str, Any] = {"task": task.name}
+    if task.documents() is not None:
+        config |= {
             "dataset_path": "json",
-            "dataset_kwargs": {
-                "data_files": {"test": str(data)},
-                "cache_dir": str(self.workdir / "datasets_cache"),
-            },
-            "test_split": "test",
-            **task.lm_eval_config(),
-            "metadata": {"version": TASK_VERSION},
+            "dataset_name": None,
+            "dataset_kwargs": {"data_files": {task.split: str(data)}, "cache_dir": str(cache_dir)},
         }
-        _write_if_changed(
-            self.workdir / f"{task.name}.yaml", yaml.safe_dump(config, sort_keys=False)
-        )
+    return config | task.lm_eval_config()
+
+
+def _load(manager, names: list[str], *, from_hub: bool) -> dict[str, Any]:
+    """lm-eval task objects; a failed hub download becomes one LwqError naming the fix."""
+    try:
+        return manager.load(names)["tasks"]
+    except Exception as err:  # noqa: BLE001 - a hub download can fail in many ways
+        if not from_hub:
+            raise
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise LwqError(
+            f"could not load the hub data of {names} ({type(err).__name__}: {first_line}); "
+            "eval.source=hub needs internet or a populated Hugging Face cache with "
+            "HF_DATASETS_OFFLINE/HF_HUB_OFFLINE unset, else use eval.source=local"
+        ) from err
 
 
 def lm_eval_version() -> str:
     return metadata.version("lm_eval")
+
+
+class _RequestsOnce:
+    """Replaces one task object's `build_all_requests`: render at the first call only.
+
+    Rendering (Jinja templates per document) depends only on the documents and the call's
+    arguments, never on the model, so later calls with the same arguments get fresh
+    copies of the first call's instances (`resps` and `filtered_resps` empty, as built).
+    """
+
+    def __init__(self, task) -> None:
+        self._task = task
+        self._build = task.build_all_requests  # the bound method of the class
+        self._arguments: str | None = None
+        self._built: list = []
+
+    def __call__(self, **arguments) -> None:
+        key = repr(sorted(arguments.items()))
+        if key != self._arguments:
+            self._build(**arguments)
+            self._built = [_fresh(instance) for instance in self._task._instances]
+            self._arguments = key
+        self._task._instances = [_fresh(instance) for instance in self._built]
+
+
+def _fresh(instance):
+    return dataclasses.replace(instance, resps=[], filtered_resps={})
+
+
+def _hflm():
+    """HFLM that tokenizes each (context, continuation) pair once in its lifetime.
+
+    `_encode_pair` is a pure function of the two strings for a fixed tokenizer and its
+    lists are only read afterwards (HFLM._loglikelihood_tokens copies them).
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    class EncodeOnceHFLM(HFLM):
+        def _encode_pair(self, context: str, continuation: str):
+            pairs = self.__dict__.setdefault("_lwq_pairs", {})
+            if (context, continuation) not in pairs:
+                pairs[context, continuation] = super()._encode_pair(context, continuation)
+            return pairs[context, continuation]
+
+    return EncodeOnceHFLM
+
+
+def _subsets_hub_docs(task: Task) -> bool:
+    return isinstance(task, BuiltinTask) and task.docs is None and task.limit is not None
 
 
 def _task_scores(result: dict[str, Any]) -> dict[str, float]:
@@ -200,19 +254,12 @@ def _task_scores(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _group_by_lm_options(tasks: tuple[PerplexityTask, ...]) -> dict[tuple, list[str]]:
-    """Task names by the HFLM options their kind needs: one HFLM and one lm-eval run each."""
-    groups: dict[tuple, list[str]] = {}
-    for task in tasks:
-        groups.setdefault(tuple(sorted(task.lm_options.items())), []).append(task.name)
-    return groups
-
-
 def _go_offline() -> None:
     """Keep lm-eval's `datasets` from the network (it pings the Hub on every load_dataset).
 
     Both libraries read these variables once, at import, and transformers usually has
     imported huggingface_hub already, so set their flags as well as the variables.
+    Tasks on hub data are loaded (downloaded) once, in `Harness.__init__`, before this.
     """
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -228,25 +275,23 @@ def _quiet_lm_eval() -> None:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
-    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
+    """Write atomically (a parallel job may read the file) and only if the text changed."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
-def _check_task_name(name: str) -> None:
-    if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
-        raise LwqError(
-            f"bad task name {name!r}: use letters, digits, '_', '-' or '.', starting with "
-            "a letter or digit (it names the task's files and lm-eval task)"
-        )
-
-
-def _check_tasks(tasks: list[PerplexityTask]) -> None:
+def _check_tasks(tasks: list[Task], limit: int | None) -> None:
     if not tasks:
-        raise LwqError("no tasks given to the harness; pass at least one PerplexityTask")
+        raise LwqError("no tasks given to the harness; pass at least one task")
     names = [task.name for task in tasks]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise LwqError(f"task names {twice} given more than once; names must be unique")
+    if limit is not None and any(_subsets_hub_docs(task) for task in tasks):
+        raise LwqError("give either the harness a limit or the hub tasks theirs, not both")
 
 
 def _check_positive(**values: int | None) -> None:
