@@ -12,6 +12,7 @@ from lwq.metrics import Scores, ranking
 from lwq.paths import PROJECT_ROOT, resolve_path
 from lwq.recipe import importance, load, model_identity, plain, versions
 from lwq.records import RecordStore
+from lwq.scores import cache_key, load_cached
 
 
 def importance_values(scores: Scores) -> list[float]:
@@ -33,6 +34,24 @@ def metric_settings(cfg: DictConfig, name: str) -> dict:
         OmegaConf.load(PROJECT_ROOT / "conf/metric" / f"{name}.yaml")
     )
     return plain(OmegaConf.create(root).metric.settings)
+
+
+def sensitivity_summary(cfg: DictConfig, records: list[dict]) -> str:
+    """Spearman of each ordering in `records` with the measured sensitivity, if it is cached
+    (it is computed by `python run.py compare` or `metric=sensitivity`, never here)."""
+    key = cache_key(
+        model_identity(cfg), "sensitivity", metric_settings(cfg, "sensitivity"), plain(cfg.calib)
+    )
+    reference = load_cached(resolve_path(cfg.paths.cache), key)
+    if reference is None:
+        return "Spearman vs measured sensitivity: not cached yet (run `python run.py compare`)"
+    orderings = {}
+    for r in records:
+        if "scores" in r:
+            name = f"{r['metric']}{' reversed' if r.get('reverse') else ''} {r['metric_settings']}"
+            orderings[name] = Scores(tuple(r["scores"]), r["higher_is_important"])
+    lines = [f"  {name}: {rank_correlation(s, reference):+.3f}" for name, s in orderings.items()]
+    return "\n".join(["Spearman vs measured sensitivity (as scored):", *lines])
 
 
 def run_scores(cfg: DictConfig) -> dict:

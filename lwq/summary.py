@@ -21,6 +21,16 @@ def metric_columns(record: dict) -> dict[str, float]:
     return columns
 
 
+def _label(record: dict) -> str:
+    """unquantized, k=5 (quantized), pruned k=5, allocated, manual."""
+    kind = record["kind"]
+    if kind == "reference":
+        return "unquantized"
+    if kind in ("quantized", "pruned"):
+        return f"{'pruned ' if kind == 'pruned' else ''}k={record['k']}"
+    return kind
+
+
 def format_table(records: list[dict]) -> str:
     """Fixed-width text table sorted with the reference first, then by fraction."""
     rows = sorted(records, key=lambda r: (r["kind"] != "reference", r.get("k") or 0))
@@ -33,7 +43,7 @@ def format_table(records: list[dict]) -> str:
         quantized = r["kind"] != "reference"
         lines.append(
             [
-                f"k={r['k']}" if quantized else "unquantized",
+                _label(r),
                 f"{r['fraction']:.3f}" if quantized else "-",
                 f"{r['avg_bits']:.3f}",
                 f"{r['bits_per_weight']:.3f}" if quantized else "-",

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lwq.apply import PlanApplier
+from lwq.compare import sensitivity_summary
 from lwq.cost import plan_cost
 from lwq.metrics import ranking
 from lwq.paths import resolve_path
@@ -41,7 +42,9 @@ def run_sweep(cfg: DictConfig) -> list[dict]:
             keys.append(manual_point(session, read_plan_file(resolve_path(cfg.plan_file))))
     finally:
         session.tracker.finish()
-    print(format_table([r for r in session.store.read() if r.get("point_key") in set(keys)]))
+    records = [r for r in session.store.read() if r.get("point_key") in set(keys)]
+    print(format_table(records))
+    print(sensitivity_summary(cfg, records))
     return session.written
 
 

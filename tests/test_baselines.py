@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lwq.compare import run_compare
+from lwq.compare import run_compare, sensitivity_summary
 from lwq.records import RecordStore
 from lwq.sweep import run_sweep
 from tests.conftest import compose_config, small_run_overrides
@@ -70,10 +70,20 @@ def test_a_plan_file_is_applied_exactly(tmp_path):
 
 
 def test_compare_reports_spearman_for_each_cheap_metric(tmp_path):
-    record = run_compare(compose_config(*small_run_overrides(tmp_path), "command=compare"))
+    cfg = compose_config(*small_run_overrides(tmp_path), "command=compare")
+    assert "not cached yet" in sensitivity_summary(cfg, [])
+    record = run_compare(cfg)
     rho = record["spearman_vs_sensitivity"]
     assert set(rho) == {"ldi", "zd", "position"}
     assert all(-1.0 <= v <= 1.0 for v in rho.values())
     kl2 = record["sensitivity_details"]["kl@2"]
     kl8 = record["sensitivity_details"]["kl@8"]
     assert all(a > b > -1e-6 for a, b in zip(kl2, kl8, strict=True))  # float noise near 0
+    ldi = {
+        "metric": "ldi",
+        "reverse": False,
+        "metric_settings": {},
+        "higher_is_important": True,
+        "scores": record["scores"]["ldi"],
+    }
+    assert f"ldi {{}}: {rho['ldi']:+.3f}" in sensitivity_summary(cfg, [ldi])
