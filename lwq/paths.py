@@ -1,5 +1,6 @@
-"""Relative paths in configs mean: relative to the working directory if it exists there,
-else to the project root (so `models/ref-tiny` and `../shared/data` work from anywhere)."""
+"""Relative paths in configs mean: relative to the working directory if the thing exists
+there, else to the project root (so `models/ref-tiny` and `../shared/data` work from
+anywhere); a path that exists in neither place is taken relative to the working directory."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def resolve_path(path: str | Path) -> Path | str:
-    """An absolute Path for local paths; a hub id such as `owner/name` comes back unchanged."""
+def resolve_path(path: str | Path) -> Path:
+    """An absolute local path for a file or directory named in a config."""
     p = Path(path).expanduser()
     if p.is_absolute():
         return p
-    if p.exists():
-        return p.resolve()
-    rooted = PROJECT_ROOT / p
-    if rooted.exists() or str(path).startswith((".", "results", "models")):
-        return rooted.resolve()
-    return str(path)
+    for base in (Path.cwd(), PROJECT_ROOT):
+        if (base / p).exists():
+            return (base / p).resolve()
+    return (Path.cwd() / p).resolve()
+
+
+def resolve_model_path(path: str) -> str:
+    """A local checkpoint directory (resolved as above) if one exists, else the hub id as given."""
+    local = resolve_path(path)
+    return str(local) if local.exists() else path

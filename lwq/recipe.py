@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from pathlib import Path
 
 import torch
 import transformers
@@ -20,7 +19,7 @@ from lwq.device import pick_device, pick_dtype
 from lwq.evaluation.suite import EvalSpec, Suite
 from lwq.metrics import METRICS, Scores
 from lwq.models import find_blocks, load_model
-from lwq.paths import resolve_path
+from lwq.paths import resolve_model_path, resolve_path
 from lwq.scores import cache_key, cached_scores
 from lwq.texts import load_texts
 
@@ -53,7 +52,7 @@ def load(cfg: DictConfig):
     """(model, tokenizer, blocks, device) for the configured model."""
     device = pick_device(cfg.device)
     model, tokenizer = load_model(
-        str(resolve_path(cfg.model.path)),
+        resolve_model_path(cfg.model.path),
         dtype=pick_dtype(cfg.model.dtype, device),
         device=device,
         trust_remote_code=cfg.model.trust_remote_code,
@@ -79,7 +78,7 @@ def make_suite(cfg: DictConfig) -> Suite:
             bootstrap_iters=e.bootstrap_iters,
         ),
         data_dir=resolve_path(cfg.paths.data),
-        workdir=Path(resolve_path(cfg.paths.cache)) / "tasks",
+        workdir=resolve_path(cfg.paths.cache) / "tasks",
         batch_size=e.batch_size,
         cross_check=e.cross_check,
     )

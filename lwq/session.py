@@ -90,18 +90,30 @@ def open_session(cfg: DictConfig) -> Session:
     )
 
 
-def plan_point(kind: str, s: Session, plan: Plan, quantize_seconds: float) -> dict:
-    """The per-point part of a record for an installed plan: its bits and what it costs."""
-    cost = plan_cost(s.model, s.blocks, plan, s.backend)
+def plan_point(
+    kind: str,
+    s: Session,
+    plan: Plan,
+    quantize_seconds: float,
+    *,
+    k: int | None = None,
+    removed: tuple[int, ...] = (),
+) -> dict:
+    """The per-point part of a record for an installed plan: its bits and what it costs.
+
+    `k` is the number of blocks the sweep moved low (or removed, for `kind="pruned"`);
+    plans not made by an ordering have none. `removed` blocks (the pruning baseline) are
+    out of the model: they cost nothing and the nominal average is over the kept blocks.
+    """
+    cost = plan_cost(s.model, s.blocks, plan, s.backend, removed=removed)
     n = len(plan.bits)
-    low = s.cfg.sweep.low
-    return {
+    point = {
         "kind": kind,
-        "k": sum(1 for b in plan.bits if b == low) if kind == "quantized" else None,
+        "k": k,
         "n_blocks": n,
-        "fraction": sum(1 for b in plan.bits if b == low) / n,
+        "fraction": None if k is None else k / n,
         "high": s.cfg.sweep.high,
-        "low": low,
+        "low": None if kind == "pruned" else s.cfg.sweep.low,
         "plan": list(plan.bits),
         "avg_bits": cost.avg_bits,
         "bits_per_weight": cost.bits_per_weight,
@@ -109,6 +121,9 @@ def plan_point(kind: str, s: Session, plan: Plan, quantize_seconds: float) -> di
         "block_bytes": list(cost.block_bytes),
         "quantize_seconds": round(quantize_seconds, 3),
     }
+    if kind == "pruned":
+        point["removed_blocks"] = list(removed)
+    return point
 
 
 def _tracker(cfg: DictConfig, run_name: str, config: dict):

@@ -44,7 +44,7 @@ def format_table(records: list[dict]) -> str:
         lines.append(
             [
                 _label(r),
-                f"{r['fraction']:.3f}" if quantized else "-",
+                "-" if r.get("fraction") is None else f"{r['fraction']:.3f}",
                 f"{r['avg_bits']:.3f}",
                 f"{r['bits_per_weight']:.3f}" if quantized else "-",
                 f"{r['weight_bytes'] / 1e6:.2f}" if quantized else "-",

@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from lwq.apply import PlanApplier
 from lwq.compare import sensitivity_summary
-from lwq.cost import plan_cost
 from lwq.metrics import ranking
 from lwq.paths import resolve_path
 from lwq.plan import Plan, read_plan_file, sweep_points, two_level_plan
@@ -95,41 +94,24 @@ def _ordering_sweep(s: Session, settings: dict) -> list[str]:
     if len(todo) < len(ks):
         tqdm.write(f"{len(ks) - len(todo)} of {len(ks)} points already in {s.store.path}")
     desc = f"{cfg.baseline.name} {cfg.model.name} {cfg.metric.name} {settings}"
+    all_high = Plan((cfg.sweep.high,) * len(s.blocks))
     try:
         for k, key in tqdm(todo, desc=desc, unit="point"):
             started = time.time()
+            plan = (
+                all_high
+                if prune
+                else two_level_plan(order, k, high=cfg.sweep.high, low=cfg.sweep.low)
+            )
+            applier.apply(plan)  # pruning keeps the survivors at high bits
             if prune:
-                applier.apply(two_level_plan(order, 0, high=cfg.sweep.high, low=cfg.sweep.high))
-                point = _pruned_point(s, k, order, time.time() - started)
-                with blocks_removed(s.model, s.blocks, order[:k]):
+                removed = tuple(sorted(order[:k]))
+                point = plan_point("pruned", s, plan, time.time() - started, k=k, removed=removed)
+                with blocks_removed(s.model, s.blocks, list(removed)):
                     s.evaluate(key, ordering | point)
             else:
-                plan = two_level_plan(order, k, high=cfg.sweep.high, low=cfg.sweep.low)
-                applier.apply(plan)
-                point = plan_point("quantized", s, plan, time.time() - started)
-                s.evaluate(key, ordering | point | {"k": k, "low_blocks": sorted(order[:k])})
+                point = plan_point("quantized", s, plan, time.time() - started, k=k)
+                s.evaluate(key, ordering | point | {"low_blocks": sorted(order[:k])})
     finally:
         applier.restore()
     return keys
-
-
-def _pruned_point(s: Session, k: int, order: list[int], quantize_seconds: float) -> dict:
-    n = len(s.blocks)
-    plan = Plan((s.cfg.sweep.high,) * n)
-    removed = tuple(sorted(order[:k]))
-    cost = plan_cost(s.model, s.blocks, plan, s.backend, removed=removed)
-    return {
-        "kind": "pruned",
-        "k": k,
-        "n_blocks": n,
-        "fraction": k / n,
-        "high": s.cfg.sweep.high,
-        "low": None,
-        "removed_blocks": list(removed),
-        "plan": list(plan.bits),
-        "avg_bits": cost.avg_bits,
-        "bits_per_weight": cost.bits_per_weight,
-        "weight_bytes": cost.weight_bytes,
-        "block_bytes": list(cost.block_bytes),
-        "quantize_seconds": round(quantize_seconds, 3),
-    }

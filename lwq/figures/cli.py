@@ -143,7 +143,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    results_dir = Path(resolve_path(args.results))
+    results_dir = resolve_path(args.results)
     started = time.time()
     outcomes = build_figures(
         results_dir,
