@@ -3,18 +3,40 @@
 The first time a block is changed its original is kept (on `keep_on`, the host by
 default); every quantized variant is built from that original, never from another
 quantized copy. A sweep that only moves blocks downward therefore quantizes each block
-at most once per bit-width.
+at most once per bit-width. A backend may hand back a different module for a linear
+(bitsandbytes, quanto, HQQ): it is installed into the copy under the linear's name.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 
+from lwq.errors import LwqError
 from lwq.models import block_linears
 from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION, Backend, check_bits
+
+# quantized variant -> the original block it was built from (sizes are planned on originals)
+_ORIGINALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def original_of(block: torch.nn.Module) -> torch.nn.Module:
+    """The block as loaded: `block` itself unless a PlanApplier built it as a variant."""
+    return _ORIGINALS.get(block, block)
+
+
+def quantize_block(block: torch.nn.Module, backend: Backend, bits: int, where: str = "") -> None:
+    """Quantize every linear of `block` (mutated: replacements installed by name)."""
+    for name, module in block_linears(block):
+        try:
+            installed = backend.quantize(module, bits)
+        except LwqError as err:
+            raise LwqError(f"{where}{name}: {err}") from err
+        if installed is not module:
+            block.set_submodule(name, installed)
 
 
 class PlanApplier:
@@ -47,7 +69,7 @@ class PlanApplier:
             return original.to(device)
         original.to(self.keep_on)  # in place: the live original leaves the accelerator
         block = copy.deepcopy(original).to(device)
-        for _, module in block_linears(block):
-            self.backend.quantize(module, bits)
+        quantize_block(block, self.backend, bits, where=f"block {i} ")
+        _ORIGINALS[block] = original
         self.quantize_calls += 1
         return block

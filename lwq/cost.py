@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lwq.apply import original_of
 from lwq.models import block_linears
 from lwq.plan import Plan
 from lwq.quant.base import Backend
@@ -31,19 +32,21 @@ def plan_cost(
     leave the nominal average over the kept blocks."""
     if len(plan.bits) != len(blocks):
         raise ValueError(f"plan has {len(plan.bits)} blocks, the model {len(blocks)}")
-    block_bytes, linear_params, weights = [], set(), 0
+    # Sizes come from the blocks as loaded: an installed variant may hold packed modules.
+    in_blocks = {id(p) for block in blocks for p in block.parameters()}
+    other = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)
+    block_bytes, weights = [], 0
     for i, (block, bits) in enumerate(zip(blocks, plan.bits, strict=True)):
-        total = 0
+        total, linear_params, original = 0, set(), original_of(block)
         if i in removed:
-            linear_params.update(id(p) for p in block.parameters())
             block_bytes.append(0)
             continue
-        for _, module in block_linears(block):
+        for _, module in block_linears(original):
             total += backend.weight_bytes(module, bits)
             weights += module.weight.numel()
             linear_params.update(id(p) for p in module.parameters(recurse=False))
+        other += sum(p.numel() for p in original.parameters() if id(p) not in linear_params)
         block_bytes.append(total)
-    other = sum(p.numel() for p in model.parameters() if id(p) not in linear_params)
     kept = [b for i, b in enumerate(plan.bits) if i not in removed]
     return Cost(
         avg_bits=sum(kept) / len(kept),

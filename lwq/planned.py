@@ -4,6 +4,7 @@ the measured sensitivity (issue: beyond the paper), or read from a hand-edited f
 from __future__ import annotations
 
 from lwq.allocate import allocate, average_bits_budget
+from lwq.apply import original_of
 from lwq.cost import plan_cost
 from lwq.errors import LwqError
 from lwq.models import block_linears
@@ -58,9 +59,8 @@ def allocated_point(s: Session) -> str:
 
 
 def _block_sizes(s: Session, i: int, allowed: list[int]) -> dict[int, int]:
-    return {
-        b: sum(s.backend.weight_bytes(m, b) for _, m in block_linears(s.blocks[i])) for b in allowed
-    }
+    linears = block_linears(original_of(s.blocks[i]))
+    return {b: sum(s.backend.weight_bytes(m, b) for _, m in linears) for b in allowed}
 
 
 def manual_point(s: Session, plan: Plan) -> str:

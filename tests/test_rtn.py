@@ -85,7 +85,10 @@ def test_bytes_count_scales_and_zero_points():
     groups = 64 * 4  # ceil(200 / 64) = 4 groups per row
     expected = (64 * 200 * 4 + groups * (16 + 4)) // 8 + 64 * 2
     assert rtn.weight_bytes(layer, 4) == expected
-    assert rtn.quantize(layer, 4) == expected
+    assert rtn.held_bytes(layer) == rtn.weight_bytes(layer, 16)  # not quantized yet
+    installed = rtn.quantize(layer, 4)
+    assert installed is layer  # rtn rounds in place and installs the module itself
+    assert rtn.held_bytes(installed) == expected
     assert rtn.weight_bytes(layer, 16) == 64 * 200 * 2 + 64 * 2
 
 

@@ -1,8 +1,16 @@
 """The backend contract and its registry.
 
-A backend does one thing: quantize one linear module to `bits` in place and say how many
-bytes the quantized form holds (weights, scales, zero points, bias). Choosing which
-module gets which bits is the plan's job; loading, data and evaluation live elsewhere.
+A backend does one thing: quantize one linear module to `bits` and hand back the module to
+install in its place (the same module for `rtn`, a library module such as bitsandbytes'
+`Linear4bit` or `HQQLinear` otherwise), and say how many bytes that module holds.
+Choosing which module gets which bits is the plan's job; loading, data and evaluation
+live elsewhere.
+
+Sizes follow one convention everywhere: the model is counted as stored in 16 bits, so a
+floating tensor that follows the model's dtype (weights left alone, biases, per-group
+scales and zero points in the compute dtype) costs 2 bytes an element even when the CPU
+computes in float32; a tensor whose dtype the library fixes (packed integers,
+bitsandbytes' float32 absmax) costs its own size.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from lwq.errors import LwqError
 from lwq.registry import Registry
 
 FULL_PRECISION = 16  # "16 bits" means the block is left as it is (stored as fp16/bf16)
+MODEL_DTYPE_BYTES = 2  # a tensor in the model's own dtype, counted as a 16-bit checkpoint
 
 
 class Backend(Protocol):
@@ -24,11 +33,18 @@ class Backend(Protocol):
     def settings(self) -> dict:
         """Everything that changes the result; goes into record keys and caches."""
 
-    def quantize(self, module: torch.nn.Module, bits: int) -> int:
-        """Quantize `module` in place to `bits`; return the bytes it now holds."""
+    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
+        """Quantize `module` to `bits`; return the module to install in its place.
+
+        `module` may be consumed (mutated or emptied): callers pass a copy. 16 bits
+        returns `module` untouched. A shape the backend cannot handle raises LwqError.
+        """
+
+    def held_bytes(self, module: torch.nn.Module) -> int:
+        """Bytes the installed module holds (packed weights, scales, zero points, bias)."""
 
     def weight_bytes(self, module: torch.nn.Module, bits: int) -> int:
-        """Bytes `module` would hold at `bits`, without touching it (for planning)."""
+        """Bytes the original `module` would hold at `bits`, from shapes (for planning)."""
 
 
 BACKENDS: Registry[type] = Registry("quant backend")
@@ -51,6 +67,45 @@ def check_bits(backend: Backend, bits: int) -> None:
 
 
 def bias_bytes(module: torch.nn.Module) -> int:
-    """Biases stay in 16-bit storage in every backend."""
+    """Biases stay in the model's 16-bit storage in every backend."""
     bias = getattr(module, "bias", None)
-    return 0 if bias is None else bias.numel() * 2
+    return 0 if bias is None else bias.numel() * MODEL_DTYPE_BYTES
+
+
+def full_precision_bytes(module: torch.nn.Module) -> int:
+    """A linear left as loaded: weight and bias in 16 bits."""
+    return module.weight.numel() * MODEL_DTYPE_BYTES + bias_bytes(module)
+
+
+def require_linear(backend: str, module: torch.nn.Module) -> torch.nn.Linear:
+    """Library backends take plain `nn.Linear` only (not GPT-2's transposed Conv1D)."""
+    if type(module) is not torch.nn.Linear:
+        raise LwqError(
+            f"quant={backend} handles torch.nn.Linear only, not {type(module).__name__}; "
+            "use quant=rtn for this model"
+        )
+    return module
+
+
+class DequantizedLinear(torch.nn.Linear):
+    """A plain linear holding a library's dequantized weights (`eval_dequantized: true`).
+
+    Numerically the packed module's weights (up to the compute dtype) with a fast CPU
+    forward; `held` is the byte count of the packed module it was made from.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, held: int) -> None:
+        out_features, in_features = weight.shape
+        super().__init__(in_features, out_features, bias=bias is not None, device="meta")
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        if bias is not None:
+            self.bias = torch.nn.Parameter(bias, requires_grad=False)
+        self.held = held
+
+
+def dequantized(
+    weight: torch.Tensor, bias: torch.Tensor | None, held: int, dtype: torch.dtype
+) -> DequantizedLinear:
+    """The `eval_dequantized` replacement, (out, in) weights in the model's `dtype`."""
+    bias = None if bias is None else bias.detach().to(dtype)
+    return DequantizedLinear(weight.detach().to(dtype), bias, held)

@@ -5,8 +5,9 @@ scale = (max - min) / (2^bits - 1), zero = round(-min / scale),
 q = clamp(round(w / scale) + zero, 0, 2^bits - 1), w_hat = (q - zero) * scale.
 A row whose width is not a multiple of `group_size` ends in one shorter group.
 The module keeps the dequantized weight (exact for weight-only quantization up to the
-compute dtype); the byte count is that of the packed form: `bits` per weight, plus a
-16-bit scale and a `bits`-wide zero point per group.
+compute dtype) and is installed as it is; no packed tensors exist, so the bytes it holds
+are those of the packed form by definition: `bits` per weight, plus a 16-bit scale and a
+`bits`-wide zero point per group (the bit-width is remembered on the module).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 
 from lwq.errors import LwqError
 from lwq.models import input_dim
-from lwq.quant.base import BACKENDS, FULL_PRECISION, bias_bytes
+from lwq.quant.base import BACKENDS, FULL_PRECISION, bias_bytes, full_precision_bytes
+
+BITS_ATTR = "lwq_rtn_bits"  # set on a quantized module: the width its weights are on
 
 
 def quantize_groups(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -60,21 +63,26 @@ class RTN:
         return {"group_size": self.group_size}
 
     @torch.no_grad()
-    def quantize(self, module: torch.nn.Module, bits: int) -> int:
+    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
+        """Round `module`'s weights in place; returns `module` itself."""
         if bits == FULL_PRECISION:
-            return self.weight_bytes(module, bits)
+            return module
         dim = input_dim(module)
         w = module.weight.data.float()
         w = w if dim == 1 else w.t()  # (out, in)
         q = quantize_rows(w, bits, self.group_size)
         q = q if dim == 1 else q.t()
         module.weight.data.copy_(q.to(module.weight.dtype))
-        return self.weight_bytes(module, bits)
+        setattr(module, BITS_ATTR, bits)
+        return module
+
+    def held_bytes(self, module: torch.nn.Module) -> int:
+        return self.weight_bytes(module, getattr(module, BITS_ATTR, FULL_PRECISION))
 
     def weight_bytes(self, module: torch.nn.Module, bits: int) -> int:
         weight = module.weight
         if bits == FULL_PRECISION:
-            return weight.numel() * 2 + bias_bytes(module)
+            return full_precision_bytes(module)
         width = weight.shape[input_dim(module)]
         rows = weight.numel() // width
         groups = rows * math.ceil(width / self.group_size)

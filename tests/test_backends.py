@@ -1,0 +1,254 @@
+"""The backend contract, checked on every registered backend at every width it claims.
+
+A block of the committed reference model is quantized the way a sweep does it (a copy,
+each linear replaced by what the backend returns) with the settings of its
+`conf/quant/<name>.yaml`; its output is compared with the original block's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers.pytorch_utils import Conv1D
+
+from lwq.apply import PlanApplier, quantize_block
+from lwq.cost import plan_cost
+from lwq.errors import LwqError
+from lwq.models import block_linears, find_blocks
+from lwq.plan import Plan
+from lwq.quant import BACKENDS, check_bits, make_backend
+from lwq.quant.base import FULL_PRECISION
+from lwq.records import RecordStore
+from lwq.sweep import run_sweep
+from tests.conftest import compose_config, small_run_overrides
+
+NAMES = BACKENDS.names()
+WIDTHS = [(n, b) for n in NAMES for b in sorted(BACKENDS.get(n).supported_bits - {16})]
+LIBRARIES = [n for n in NAMES if n != "rtn"]
+LIBRARY_WIDTHS = [(n, b) for n, b in WIDTHS if n in LIBRARIES]
+BLOCK = 5  # a middle block of ref-tiny
+SNR_FLOOR_8_BITS_DB = 50.0  # measured 55.9 (bnb LLM.int8) to 65.0 dB (hqq) on this input
+
+
+def _backend(name: str, **overrides):
+    """The backend as `quant=<name>` configures it (its conf file's settings)."""
+    settings = OmegaConf.to_container(compose_config(f"quant={name}").quant.settings)
+    return make_backend(name, **{**settings, **overrides})
+
+
+def _snr_db(reference: torch.Tensor, output: torch.Tensor) -> float:
+    noise = (output - reference).float().pow(2).sum()
+    return 10 * math.log10(reference.float().pow(2).sum() / noise)
+
+
+@pytest.fixture(scope="module")
+def block_io(ref_model):
+    """(block, args, kwargs, output) of ref-tiny's block BLOCK on a real input."""
+    model, tokenizer = ref_model
+    block = find_blocks(model)[BLOCK]
+    seen = {}
+
+    def grab(_module, args, kwargs):
+        seen.setdefault("call", (args, kwargs))
+
+    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    ids = tokenizer("def quantize(module, bits):\n    return module\n" * 4, return_tensors="pt")
+    with torch.no_grad():
+        model(**ids)
+    handle.remove()
+    args, kwargs = seen["call"]
+    return block, args, kwargs, _run(block, args, kwargs)
+
+
+def _run(block, args, kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        out = block(*args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _quantized(block, backend, bits):
+    copied = copy.deepcopy(block)
+    quantize_block(copied, backend, bits)
+    return copied
+
+
+def _installed(block: torch.nn.Module, name: str) -> torch.nn.Module:
+    return block.get_submodule(name)
+
+
+@pytest.mark.parametrize(("name", "bits"), WIDTHS, ids=[f"{n}-{b}" for n, b in WIDTHS])
+def test_planned_bytes_are_the_bytes_the_installed_modules_hold(block_io, name, bits):
+    block = block_io[0]
+    backend = _backend(name)
+    quantized = _quantized(block, backend, bits)
+    for linear_name, original in block_linears(block):
+        installed = _installed(quantized, linear_name)
+        held = backend.held_bytes(installed)
+        assert backend.weight_bytes(original, bits) == held, linear_name
+        assert held < backend.weight_bytes(original, FULL_PRECISION)
+        if name != "rtn":  # a library backend installs its own module
+            assert type(installed) is not torch.nn.Linear
+
+
+OTHER_SETTINGS = [
+    ("bnb", 4, {"quant_type": "fp4", "double_quant": False, "blocksize": 128}),
+    ("bnb", 4, {"blocksize": 32}),
+    ("quanto", 4, {"group_size": 32}),
+    ("quanto", 2, {"group_size": 64}),
+    ("hqq", 3, {"group_size": 32}),
+    ("hqq", 1, {"group_size": 128}),
+    ("rtn", 3, {"group_size": 48}),
+]
+
+
+@pytest.mark.parametrize(("name", "bits", "settings"), OTHER_SETTINGS)
+def test_bytes_match_under_other_settings(block_io, name, bits, settings):
+    block = block_io[0]
+    backend = _backend(name, **settings)
+    quantized = _quantized(block, backend, bits)
+    for linear_name, original in block_linears(block):
+        held = backend.held_bytes(_installed(quantized, linear_name))
+        assert backend.weight_bytes(original, bits) == held, linear_name
+
+
+@pytest.mark.parametrize(
+    ("name", "bits"), LIBRARY_WIDTHS, ids=[f"{n}-{b}" for n, b in LIBRARY_WIDTHS]
+)
+def test_eval_dequantized_holds_the_same_bytes_and_weights(block_io, name, bits):
+    """rtn always evaluates dequantized weights; the libraries can, as a switch."""
+    block, args, kwargs, _ = block_io
+    packed = _backend(name, eval_dequantized=False)
+    plain = _backend(name, eval_dequantized=True)
+    a, b = _quantized(block, packed, bits), _quantized(block, plain, bits)
+    for linear_name, _ in block_linears(block):
+        held = packed.held_bytes(_installed(a, linear_name))
+        assert plain.held_bytes(_installed(b, linear_name)) == held
+    if name == "bnb" and bits == 8:
+        return  # LLM.int8 also quantizes activations: a packed forward is not weight-only
+    out_packed, out_plain = _run(a, args, kwargs), _run(b, args, kwargs)
+    assert _snr_db(out_packed, out_plain) > 60  # the same weights, up to the compute dtype
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_error_falls_as_bits_rise(block_io, name):
+    block, args, kwargs, reference = block_io
+    backend = _backend(name)
+    widths = sorted(backend.supported_bits - {FULL_PRECISION})
+    snr = [_snr_db(reference, _run(_quantized(block, backend, b), args, kwargs)) for b in widths]
+    by_bits = dict(zip(widths, snr, strict=True))
+    assert all(lo < hi for lo, hi in zip(snr, snr[1:], strict=False)), by_bits
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if 8 in BACKENDS.get(n).supported_bits])
+def test_8_bit_output_is_close_to_the_original(block_io, name):
+    block, args, kwargs, reference = block_io
+    output = _run(_quantized(block, _backend(name), 8), args, kwargs)
+    assert _snr_db(reference, output) > SNR_FLOOR_8_BITS_DB
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_16_bits_is_the_identity(block_io, name):
+    block, args, kwargs, reference = block_io
+    backend = _backend(name)
+    quantized = _quantized(block, backend, FULL_PRECISION)
+    for linear_name, original in block_linears(block):
+        installed = _installed(quantized, linear_name)
+        assert type(installed) is type(original)
+        assert torch.equal(installed.weight, original.weight)
+        assert backend.held_bytes(installed) == backend.weight_bytes(original, FULL_PRECISION)
+    assert torch.equal(_run(quantized, args, kwargs), reference)
+
+
+# A module each backend cannot handle at a width it claims, and the message's key phrase.
+UNHANDLED = {
+    "rtn": (lambda: torch.nn.Embedding(16, 64), 4, "neither nn.Linear nor Conv1D"),
+    "bnb": (lambda: torch.nn.Linear(64, 48), 4, "multiple of 32"),
+    "quanto": (lambda: torch.nn.Linear(200, 64), 4, "must divide the input size 200"),
+    "hqq": (lambda: torch.nn.Linear(100, 64), 4, "must divide the input size 100"),
+}
+
+
+def test_every_backend_has_an_unhandled_shape_case():
+    assert set(UNHANDLED) == set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_shape_the_backend_cannot_handle_raises_naming_the_module(name):
+    make, bits, phrase = UNHANDLED[name]
+    block = torch.nn.Module()
+    block.proj = make()
+    with pytest.raises(LwqError, match=phrase):
+        _backend(name).quantize(block.proj, bits)
+    if isinstance(block.proj, torch.nn.Linear):  # through the applier: block and module named
+        with pytest.raises(LwqError, match=f"block 7 proj: .*{phrase}"):
+            quantize_block(block, _backend(name), bits, where="block 7 ")
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_library_backends_refuse_conv1d(name):
+    with pytest.raises(LwqError, match="nn.Linear only.*quant=rtn"):
+        _backend(name).quantize(Conv1D(64, 64), 4)
+
+
+def test_a_width_no_backend_of_this_kind_does_names_those_that_can():
+    with pytest.raises(LwqError, match=r"quant=bnb cannot do 2 bits .*can: hqq, quanto, rtn"):
+        check_bits(_backend("bnb"), 2)
+    with pytest.raises(LwqError, match=r"quant=rtn cannot do 1 bits .*can: hqq$"):
+        check_bits(_backend("rtn"), 1)
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_applier_installs_library_modules_records_their_bytes_and_restores(ref_model, name):
+    model, _ = ref_model
+    blocks = find_blocks(model)
+    before = {k: v.clone() for k, v in blocks[0].state_dict().items()}
+    original = blocks[0]
+    applier = PlanApplier(blocks, _backend(name))
+    low = min(BACKENDS.get(name).supported_bits)
+    full = Plan((FULL_PRECISION,) * len(blocks))
+    applier_plan = Plan((low,) + full.bits[1:])
+    applier.apply(applier_plan)
+    assert blocks[0] is not original
+    for linear_name, _ in block_linears(original):
+        assert type(_installed(blocks[0], linear_name)) is not torch.nn.Linear
+    cost = plan_cost(model, blocks, applier_plan, applier.backend)  # from the originals
+    held = sum(
+        applier.backend.held_bytes(_installed(blocks[0], linear_name))
+        for linear_name, _ in block_linears(original)
+    )
+    assert cost.block_bytes[0] == held
+    assert cost.weight_bytes < plan_cost(model, blocks, full, applier.backend).weight_bytes
+    applier.restore()
+    assert blocks[0] is original
+    assert all(torch.equal(v, blocks[0].state_dict()[k]) for k, v in before.items())
+
+
+SWEEP_BITS = {"rtn": (4, 2), "bnb": (8, 4), "quanto": (4, 2), "hqq": (4, 2)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_a_short_sweep_runs_and_records_true_sizes(tmp_path, name):
+    high, low = SWEEP_BITS[name]
+    cfg = compose_config(
+        *small_run_overrides(tmp_path),
+        f"quant={name}",
+        "sweep.fractions=[0,1]",
+        f"sweep.high={high}",
+        f"sweep.low={low}",
+    )
+    run_sweep(cfg)
+    records = RecordStore(tmp_path / "results" / "ref-tiny" / "records.jsonl").read()
+    points = [r for r in records if r["kind"] == "quantized"]
+    assert [r["avg_bits"] for r in points] == [high, low]
+    assert points[0]["weight_bytes"] > points[1]["weight_bytes"]
+    for r in points:
+        assert r["config"]["quant"]["name"] == name
+        assert r["bits_per_weight"] > r["avg_bits"]  # scales, zero points, absmaxes cost bits
+        assert math.isfinite(r["eval"]["cross_check"]["token_perplexity"])
+        if name != "rtn":  # the backend's settings, in every record
+            assert r["quant"]["eval_dequantized"] is False
