@@ -4,7 +4,9 @@ Sections (`--section`, default all): `default_sweep` runs `python run.py` end to
 `quick_suite` times one point of `eval=quick` on the reference model, lm-eval's
 `simple_evaluate` per point (how lwq evaluated before: tasks rebuilt, requests
 re-rendered, environment collected at every call) against `Suite.evaluate` (tasks,
-requests and tokens prepared once), and scans the batch size. A section run alone
+requests and tokens prepared once), and scans the batch size; `backends` times
+quantizing every block with each backend and width, and the forward speed after it
+(lwq/bench_backends.py). A section run alone
 replaces only its own entry in the results file.
 
 Speed is shown here, never by timed assertions in tests. Run it alone on the machine:
@@ -24,11 +26,12 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from lwq.bench_backends import bench_backends
 from lwq.paths import PROJECT_ROOT
 from lwq.recipe import load, make_suite
 from lwq.sweep import run_sweep
 
-SECTIONS = ("default_sweep", "quick_suite")
+SECTIONS = ("default_sweep", "quick_suite", "backends")
 
 
 def _compose(overrides: list[str]):
@@ -170,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
         result["default_sweep"] = bench_default_sweep(args.overrides)
     if args.section in ("quick_suite", "all"):
         result["quick_suite"] = bench_quick_suite(args.overrides)
+    if args.section in ("backends", "all"):
+        result["backends"] = bench_backends(_compose(["tracking=none", *args.overrides]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

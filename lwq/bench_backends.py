@@ -1,0 +1,59 @@
+"""The `backends` section of `make bench`: per backend and bit-width, the seconds to
+quantize every block of the reference model and the evaluation speed (tokens per second
+of a forward pass over fixed calibration windows), with the bytes the plan holds."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from lwq.apply import PlanApplier
+from lwq.calibration import calibration_ids
+from lwq.cost import plan_cost
+from lwq.paths import PROJECT_ROOT, resolve_path
+from lwq.plan import Plan
+from lwq.quant import BACKENDS, make_backend
+from lwq.quant.base import FULL_PRECISION
+from lwq.recipe import load
+from lwq.texts import load_texts
+
+
+@torch.no_grad()
+def tokens_per_second(model, ids: torch.Tensor, batch_size: int = 8) -> float:
+    """Forward passes over `ids` (N, S); the best of two runs (the first warms caches)."""
+    device = next(model.parameters()).device
+    best = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        for i in range(0, len(ids), batch_size):
+            model(input_ids=ids[i : i + batch_size].to(device), use_cache=False)
+        best = min(best, time.perf_counter() - started)
+    return ids.numel() / best
+
+
+def bench_backends(cfg) -> dict:
+    """{backend: {bits: {quantize_seconds, tokens_per_second, weight_bytes}}} plus 16-bit."""
+    model, tokenizer, blocks, _ = load(cfg)
+    texts = load_texts(cfg.calib.text, resolve_path(cfg.paths.data))
+    ids = calibration_ids(texts, tokenizer, samples=16, seq_len=256, seed=0)
+    n = len(blocks)
+    out = {"unquantized": {"tokens_per_second": round(tokens_per_second(model, ids))}}
+    for name in BACKENDS.names():
+        conf = OmegaConf.load(PROJECT_ROOT / "conf" / "quant" / f"{name}.yaml")
+        backend = make_backend(name, **conf.settings)
+        out[name] = {"settings": backend.settings()}
+        for bits in sorted(backend.supported_bits - {FULL_PRECISION}):
+            plan = Plan((bits,) * n)
+            applier = PlanApplier(blocks, backend)
+            started = time.perf_counter()
+            applier.apply(plan)
+            seconds = time.perf_counter() - started
+            out[name][str(bits)] = {
+                "quantize_seconds": round(seconds, 3),
+                "tokens_per_second": round(tokens_per_second(model, ids)),
+                "weight_bytes": plan_cost(model, blocks, plan, backend).weight_bytes,
+            }
+            applier.restore()
+    return {"what": f"all {n} blocks of {cfg.model.name} at one width; 16 x 256 tokens", **out}

@@ -1,0 +1,15 @@
+"""The backends benchmark covers every backend and width, with sizes that grow with bits."""
+
+from lwq.bench_backends import bench_backends
+from lwq.quant import BACKENDS
+from lwq.quant.base import FULL_PRECISION
+from tests.conftest import compose_config, small_run_overrides
+
+
+def test_every_backend_and_width_is_measured(tmp_path):
+    result = bench_backends(compose_config(*small_run_overrides(tmp_path)))
+    for name in BACKENDS.names():
+        widths = sorted(BACKENDS.get(name).supported_bits - {FULL_PRECISION})
+        sizes = [result[name][str(b)]["weight_bytes"] for b in widths]
+        assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), name
+        assert all(result[name][str(b)]["tokens_per_second"] > 0 for b in widths)
