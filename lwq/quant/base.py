@@ -109,3 +109,35 @@ def dequantized(
     """The `eval_dequantized` replacement, (out, in) weights in the model's `dtype`."""
     bias = None if bias is None else bias.detach().to(dtype)
     return DequantizedLinear(weight.detach().to(dtype), bias, held)
+
+
+class LibraryBackend:
+    """The steps every library backend (bnb, quanto, hqq) shares around its library call.
+
+    A subclass sets `name` and `eval_dequantized` and gives `_check_shape(linear, bits)`
+    (refuse what the library would mishandle), `_pack(linear, bits)` (the library's
+    module; may consume `linear`), `_dequantize(packed)` ((out, in) weights),
+    `_packed_type()` and `_packed_bytes(packed)` (bytes the packed module holds).
+    """
+
+    name: str
+    eval_dequantized: bool
+
+    @torch.no_grad()
+    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
+        if bits == FULL_PRECISION:
+            return module
+        linear = require_linear(self.name, module)
+        self._check_shape(linear, bits)
+        dtype, bias = linear.weight.dtype, linear.bias  # read first: packing may consume them
+        packed = self._pack(linear, bits)
+        if not self.eval_dequantized:
+            return packed.eval()
+        return dequantized(self._dequantize(packed), bias, self.held_bytes(packed), dtype)
+
+    def held_bytes(self, module: torch.nn.Module) -> int:
+        if hasattr(module, "held"):  # eval_dequantized: the packed module's count
+            return module.held
+        if not isinstance(module, self._packed_type()):
+            return full_precision_bytes(module)  # left as loaded
+        return self._packed_bytes(module)

@@ -22,10 +22,9 @@ from lwq.errors import LwqError
 from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,
+    LibraryBackend,
     bias_bytes,
-    dequantized,
     full_precision_bytes,
-    require_linear,
 )
 
 CPU_4BIT_MULTIPLE = 32  # `N must be divisible by block_n` in the CPU 4-bit kernel
@@ -40,7 +39,7 @@ def _bnb():
 
 
 @BACKENDS.register("bnb")
-class BitsAndBytes:
+class BitsAndBytes(LibraryBackend):
     """bitsandbytes' own modules: 8-bit LLM.int8 and 4-bit nf4/fp4."""
 
     name = "bnb"
@@ -73,18 +72,8 @@ class BitsAndBytes:
             "eval_dequantized": self.eval_dequantized,
         }
 
-    @torch.no_grad()
-    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
-        if bits == FULL_PRECISION:
-            return module
-        linear = require_linear(self.name, module)
-        self._check_shape(linear, bits)
-        packed = self._int8(linear) if bits == 8 else self._4bit(linear)
-        if not self.eval_dequantized:
-            return packed.eval()
-        return dequantized(
-            self._dequantize(packed), linear.bias, self.held_bytes(packed), linear.weight.dtype
-        )
+    def _pack(self, linear: torch.nn.Linear, bits: int) -> torch.nn.Module:
+        return self._int8(linear) if bits == 8 else self._4bit(linear)
 
     def _check_shape(self, linear: torch.nn.Linear, bits: int) -> None:
         if bits == 4 and linear.out_features % CPU_4BIT_MULTIPLE:
@@ -140,11 +129,10 @@ class BitsAndBytes:
             return _bnb().functional.dequantize_4bit(weight.data, weight.quant_state).float()
         return weight.data.float() * (weight.SCB.float()[:, None] / 127)  # absmax / 127 a row
 
-    def held_bytes(self, module: torch.nn.Module) -> int:
-        if hasattr(module, "held"):  # eval_dequantized: the packed module's count
-            return module.held
-        if not isinstance(module, (_bnb().nn.Linear8bitLt, _bnb().nn.Linear4bit)):
-            return full_precision_bytes(module)  # left as loaded
+    def _packed_type(self) -> type | tuple[type, ...]:
+        return (_bnb().nn.Linear8bitLt, _bnb().nn.Linear4bit)
+
+    def _packed_bytes(self, module: torch.nn.Module) -> int:
         weight = module.weight
         state = getattr(weight, "quant_state", None)
         held = weight.data.nbytes + bias_bytes(module)

@@ -20,10 +20,9 @@ from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,
     MODEL_DTYPE_BYTES,
+    LibraryBackend,
     bias_bytes,
-    dequantized,
     full_precision_bytes,
-    require_linear,
 )
 
 INT32 = 4
@@ -37,7 +36,7 @@ def _hqq():
 
 
 @BACKENDS.register("hqq")
-class HQQ:
+class HQQ(LibraryBackend):
     """HQQ's own `HQQLinear`, 1 to 8 bits, one scale and zero point per group."""
 
     name = "hqq"
@@ -52,21 +51,16 @@ class HQQ:
     def settings(self) -> dict:
         return {"group_size": self.group_size, "eval_dequantized": self.eval_dequantized}
 
-    @torch.no_grad()
-    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
-        if bits == FULL_PRECISION:
-            return module
-        linear = require_linear(self.name, module)
-        self._check_shape(linear, bits)
+    def _pack(self, linear: torch.nn.Linear, bits: int) -> torch.nn.Module:
         hqq = _hqq()
         config = hqq.BaseQuantizeConfig(nbits=bits, group_size=self.group_size, axis=1)
-        dtype, bias = linear.weight.dtype, linear.bias
-        packed = hqq.HQQLinear(
-            linear, config, del_orig=True, compute_dtype=dtype, device=str(linear.weight.device)
+        device = str(linear.weight.device)
+        return hqq.HQQLinear(
+            linear, config, del_orig=True, compute_dtype=linear.weight.dtype, device=device
         )
-        if not self.eval_dequantized:
-            return packed.eval()
-        return dequantized(packed.dequantize(), bias, self.held_bytes(packed), dtype)
+
+    def _dequantize(self, packed: torch.nn.Module) -> torch.Tensor:
+        return packed.dequantize()
 
     def _check_shape(self, linear: torch.nn.Linear, bits: int) -> None:
         if linear.in_features % self.group_size:
@@ -85,11 +79,10 @@ class HQQ:
                 "pick a smaller group_size"
             )
 
-    def held_bytes(self, module: torch.nn.Module) -> int:
-        if hasattr(module, "held"):  # eval_dequantized: the packed module's count
-            return module.held
-        if not isinstance(module, _hqq().HQQLinear):
-            return full_precision_bytes(module)  # left as loaded
+    def _packed_type(self) -> type:
+        return _hqq().HQQLinear
+
+    def _packed_bytes(self, module: torch.nn.Module) -> int:
         meta = module.meta
         model_dtype = meta["scale"].numel() + meta["zero"].numel()
         return module.W_q.nbytes + model_dtype * MODEL_DTYPE_BYTES + bias_bytes(module)

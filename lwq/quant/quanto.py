@@ -19,10 +19,9 @@ from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,
     MODEL_DTYPE_BYTES,
+    LibraryBackend,
     bias_bytes,
-    dequantized,
     full_precision_bytes,
-    require_linear,
 )
 
 ACTIVATION_SCALES = 2  # QLinear's input_scale and output_scale buffers (scalars)
@@ -40,7 +39,7 @@ def _qtype(bits: int):
 
 
 @BACKENDS.register("quanto")
-class Quanto:
+class Quanto(LibraryBackend):
     """optimum-quanto weight-only QLinear, int8 (per row) or int4/int2 (per group)."""
 
     name = "quanto"
@@ -55,20 +54,15 @@ class Quanto:
     def settings(self) -> dict:
         return {"group_size": self.group_size, "eval_dequantized": self.eval_dequantized}
 
-    @torch.no_grad()
-    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
-        if bits == FULL_PRECISION:
-            return module
-        linear = require_linear(self.name, module)
-        self._check_shape(linear, bits)
+    def _pack(self, linear: torch.nn.Linear, bits: int) -> torch.nn.Module:
         packed = _quanto().nn.QLinear.from_module(linear, weights=_qtype(bits))
         if bits < 8:  # quanto picks its own group size at construction; ours replaces it
             packed.weight_group_size = self.group_size
         packed.freeze()  # quantizes: weight -> codes, scale (and shift)
-        if not self.eval_dequantized:
-            return packed.eval()
-        weight = packed.weight.dequantize()
-        return dequantized(weight, linear.bias, self.held_bytes(packed), linear.weight.dtype)
+        return packed
+
+    def _dequantize(self, packed: torch.nn.Module) -> torch.Tensor:
+        return packed.weight.dequantize()
 
     def _check_shape(self, linear: torch.nn.Linear, bits: int) -> None:
         if bits < 8 and linear.in_features % self.group_size:
@@ -78,11 +72,10 @@ class Quanto:
                 "to a divisor"
             )
 
-    def held_bytes(self, module: torch.nn.Module) -> int:
-        if hasattr(module, "held"):  # eval_dequantized: the packed module's count
-            return module.held
-        if not isinstance(module, _quanto().nn.QLinear):
-            return full_precision_bytes(module)  # left as loaded
+    def _packed_type(self) -> type:
+        return _quanto().nn.QLinear
+
+    def _packed_bytes(self, module: torch.nn.Module) -> int:
         weight = module.weight
         codes = weight._data
         codes = getattr(codes, "_data", codes)  # int4/int2: a packed uint8 tensor inside
