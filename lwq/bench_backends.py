@@ -1,6 +1,8 @@
 """The `backends` section of `make bench`: per backend and bit-width, the seconds to
 quantize every block of the reference model and the evaluation speed (tokens per second
-of a forward pass over fixed calibration windows), with the bytes the plan holds."""
+of a forward pass over fixed calibration windows), with the bytes the plan holds and the
+held-out token perplexity it reaches. A calibrated backend's seconds include capturing
+its calibration inputs (the `calib` group's windows)."""
 
 from __future__ import annotations
 
@@ -10,14 +12,18 @@ import torch
 from omegaconf import OmegaConf
 
 from lwq.apply import PlanApplier
+from lwq.calibrated import variants_for
 from lwq.calibration import calibration_ids
 from lwq.cost import plan_cost
+from lwq.evaluation.perplexity import perplexity
 from lwq.paths import PROJECT_ROOT, resolve_path
 from lwq.plan import Plan
 from lwq.quant import BACKENDS, make_backend
 from lwq.quant.base import FULL_PRECISION
-from lwq.recipe import load
-from lwq.texts import load_texts
+from lwq.recipe import calibration, load
+from lwq.texts import chunk_documents, load_texts, seeded_subset
+
+HELDOUT_PIECES = 12  # of 4000 characters, a seeded subset of the model's eval text
 
 
 @torch.no_grad()
@@ -38,15 +44,29 @@ def bench_backends(cfg) -> dict:
     model, tokenizer, blocks, _ = load(cfg)
     texts = load_texts(cfg.calib.text, resolve_path(cfg.paths.data))
     ids = calibration_ids(texts, tokenizer, samples=16, seq_len=256, seed=0)
+    calib = calibration(cfg, tokenizer)
+    heldout = load_texts(cfg.model.eval_text, resolve_path(cfg.paths.data))
+    heldout = seeded_subset(chunk_documents(heldout, 4000), HELDOUT_PIECES, seed=0)
+
+    def heldout_ppl() -> float:
+        ppl = perplexity(model, tokenizer, heldout, max_length=cfg.model.max_length)
+        return round(ppl.token_perplexity, 3)
+
     n = len(blocks)
-    out = {"unquantized": {"tokens_per_second": round(tokens_per_second(model, ids))}}
+    out = {
+        "unquantized": {
+            "tokens_per_second": round(tokens_per_second(model, ids)),
+            "heldout_token_ppl": heldout_ppl(),
+        }
+    }
     for name in BACKENDS.names():
         conf = OmegaConf.load(PROJECT_ROOT / "conf" / "quant" / f"{name}.yaml")
         backend = make_backend(name, **conf.settings)
         out[name] = {"settings": backend.settings()}
         for bits in sorted(backend.supported_bits - {FULL_PRECISION}):
             plan = Plan((bits,) * n)
-            applier = PlanApplier(blocks, backend)
+            variants = variants_for(backend, model, blocks, calib)
+            applier = PlanApplier(blocks, backend, variants=variants)
             started = time.perf_counter()
             applier.apply(plan)
             seconds = time.perf_counter() - started
@@ -54,6 +74,11 @@ def bench_backends(cfg) -> dict:
                 "quantize_seconds": round(seconds, 3),
                 "tokens_per_second": round(tokens_per_second(model, ids)),
                 "weight_bytes": plan_cost(model, blocks, plan, backend).weight_bytes,
+                "heldout_token_ppl": heldout_ppl(),
             }
             applier.restore()
-    return {"what": f"all {n} blocks of {cfg.model.name} at one width; 16 x 256 tokens", **out}
+    what = (
+        f"all {n} blocks of {cfg.model.name} at one width; forward speed on 16 x 256 tokens; "
+        f"token perplexity on {HELDOUT_PIECES} pieces of {cfg.model.eval_text}"
+    )
+    return {"what": what, **out}

@@ -198,6 +198,12 @@ def input_dim(module: nn.Module) -> int:
     raise UnsupportedModelError(f"{type(module).__name__} is neither nn.Linear nor Conv1D")
 
 
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features) of an nn.Linear or a Conv1D (stored transposed)."""
+    rows, cols = module.weight.shape
+    return (cols, rows) if input_dim(module) == 0 else (rows, cols)
+
+
 def count_parameters(module: nn.Module) -> int:
     """The number of parameter elements in `module`, shared (tied) tensors counted once."""
     return sum(p.numel() for p in module.parameters())

@@ -93,6 +93,15 @@ def metric_variants(cfg: DictConfig) -> list[dict]:
     return [settings | {"seed": settings["seed"] + i} for i in range(seeds)]
 
 
+def calibration(cfg: DictConfig, tokenizer) -> torch.Tensor:
+    """The (samples, seq_len) calibration token ids the `calib` group describes."""
+    calib = cfg.calib
+    texts = load_texts(calib.text, resolve_path(cfg.paths.data))
+    return calibration_ids(
+        texts, tokenizer, samples=calib.samples, seq_len=calib.seq_len, seed=calib.seed
+    )
+
+
 def importance(
     cfg: DictConfig, model, tokenizer, blocks, settings: dict, metric_name: str | None = None
 ) -> tuple[Scores, dict, bool]:
@@ -103,16 +112,7 @@ def importance(
     key = cache_key(model_identity(cfg), name, settings, calib)
 
     def compute():
-        ids = None
-        if metric.needs_calibration:
-            texts = load_texts(calib["text"], resolve_path(cfg.paths.data))
-            ids = calibration_ids(
-                texts,
-                tokenizer,
-                samples=calib["samples"],
-                seq_len=calib["seq_len"],
-                seed=calib["seed"],
-            )
+        ids = calibration(cfg, tokenizer) if metric.needs_calibration else None
         return metric.compute(model, blocks, ids, **settings)
 
     scores, was_cached = cached_scores(resolve_path(cfg.paths.cache), key, compute)

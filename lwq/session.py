@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from omegaconf import DictConfig
 
 from lwq.apply import PlanApplier
+from lwq.calibrated import variants_for
 from lwq.cost import plan_cost
+from lwq.memory import peak_memory
 from lwq.paths import resolve_path
 from lwq.plan import Plan, blocks_for_fraction
 from lwq.quant import check_bits, make_backend
-from lwq.recipe import load, make_suite, plain, versions
+from lwq.recipe import calibration, load, make_suite, plain, versions
 from lwq.records import RecordStore
 from lwq.tracking import make_tracker
 
@@ -31,17 +33,32 @@ class Session:
     tracker: object
     common: dict
     done: set[str]
+    device: object
+    variants: object = None  # CalibratedVariants of a calibrated backend (GPTQ)
     written: list[dict] = field(default_factory=list)
+
+    def applier(self) -> PlanApplier:
+        """A PlanApplier for this session's blocks and backend (sharing built variants)."""
+        return PlanApplier(self.blocks, self.backend, variants=self.variants)
+
+    def install(self, applier: PlanApplier, plan: Plan) -> dict:
+        """Apply `plan`; the quantize part of its record: seconds and peak memory."""
+        started = time.time()
+        with peak_memory(self.device) as memory:
+            applier.apply(plan)
+        return {"seconds": time.time() - started, "memory": memory}
 
     def evaluate(self, key: str, point: dict) -> dict:
         """Evaluate the model as it is now and append one record (and one tracked step)."""
         started = time.time()
-        result = self.suite.evaluate(self.model, self.tokenizer)
+        with peak_memory(self.device) as memory:
+            result = self.suite.evaluate(self.model, self.tokenizer)
         record = {
             **self.common,
             **point,
             "point_key": key,
             "eval": result,
+            "eval_memory": memory,
             "seconds": round(time.time() - started, 2),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -55,11 +72,9 @@ class Session:
         """Install `plan` alone, evaluate it (unless already recorded), restore the model."""
         if key in self.done:
             return
-        applier = PlanApplier(self.blocks, self.backend)
+        applier = self.applier()
         try:
-            started = time.time()
-            applier.apply(plan)
-            point = plan_point(kind, self, plan, time.time() - started)
+            point = plan_point(kind, self, plan, self.install(applier, plan))
             self.evaluate(key, point | (extra or {}))
         finally:
             applier.restore()
@@ -75,9 +90,14 @@ def open_session(cfg: DictConfig) -> Session:
     model, tokenizer, blocks, device = load(cfg)
     store = RecordStore(resolve_path(cfg.paths.results) / cfg.model.name / "records.jsonl")
     config = plain(cfg)
+    quant = {"name": backend.name, **backend.settings()}
+    variants = None
+    if getattr(backend, "calibrated", False):
+        quant["calib"] = plain(cfg.calib)  # the calibration set is part of the quantizer
+        variants = variants_for(backend, model, blocks, calibration(cfg, tokenizer))
     common = {
         "model": cfg.model.name,
-        "quant": {"name": backend.name, **backend.settings()},
+        "quant": quant,
         "eval_provenance": suite.provenance(),
         "versions": versions(),
         "device": str(device),
@@ -86,7 +106,18 @@ def open_session(cfg: DictConfig) -> Session:
     run_name = f"{cfg.model.name}-{cfg.metric.name}-{cfg.baseline.name}-{time.strftime('%H%M%S')}"
     tracker = _tracker(cfg, run_name, config)
     return Session(
-        cfg, model, tokenizer, blocks, backend, suite, store, tracker, common, store.done_keys()
+        cfg,
+        model,
+        tokenizer,
+        blocks,
+        backend,
+        suite,
+        store,
+        tracker,
+        common,
+        store.done_keys(),
+        device,
+        variants,
     )
 
 
@@ -94,13 +125,14 @@ def plan_point(
     kind: str,
     s: Session,
     plan: Plan,
-    quantize_seconds: float,
+    installed: dict,
     *,
     k: int | None = None,
     removed: tuple[int, ...] = (),
 ) -> dict:
     """The per-point part of a record for an installed plan: its bits and what it costs.
 
+    `installed` is what `Session.install` measured.
     `k` is the number of blocks the sweep moved low (or removed, for `kind="pruned"`);
     plans not made by an ordering have none. `removed` blocks (the pruning baseline) are
     out of the model: they cost nothing and the nominal average is over the kept blocks.
@@ -119,7 +151,8 @@ def plan_point(
         "bits_per_weight": cost.bits_per_weight,
         "weight_bytes": cost.weight_bytes,
         "block_bytes": list(cost.block_bytes),
-        "quantize_seconds": round(quantize_seconds, 3),
+        "quantize_seconds": round(installed["seconds"], 3),
+        "quantize_memory": installed["memory"],
     }
     if kind == "pruned":
         point["removed_blocks"] = list(removed)

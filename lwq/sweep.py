@@ -10,12 +10,9 @@ allocated to an exact budget and a plan read from a file.
 
 from __future__ import annotations
 
-import time
-
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lwq.apply import PlanApplier
 from lwq.compare import sensitivity_summary
 from lwq.metrics import ranking
 from lwq.paths import resolve_path
@@ -88,7 +85,7 @@ def _ordering_sweep(s: Session, settings: dict) -> list[str]:
     if prune and len(s.blocks) in ks:
         tqdm.write(f"k={len(s.blocks)}: a model without blocks cannot run; pruning stops at L-1")
         ks.remove(len(s.blocks))
-    applier = PlanApplier(s.blocks, s.backend)
+    applier = s.applier()
     keys = [f"{sweep_id}-k{k}" for k in ks]
     todo = [(k, key) for k, key in zip(ks, keys, strict=True) if key not in s.done]
     if len(todo) < len(ks):
@@ -97,20 +94,19 @@ def _ordering_sweep(s: Session, settings: dict) -> list[str]:
     all_high = Plan((cfg.sweep.high,) * len(s.blocks))
     try:
         for k, key in tqdm(todo, desc=desc, unit="point"):
-            started = time.time()
             plan = (
                 all_high
                 if prune
                 else two_level_plan(order, k, high=cfg.sweep.high, low=cfg.sweep.low)
             )
-            applier.apply(plan)  # pruning keeps the survivors at high bits
+            installed = s.install(applier, plan)  # pruning keeps the survivors at high bits
             if prune:
                 removed = tuple(sorted(order[:k]))
-                point = plan_point("pruned", s, plan, time.time() - started, k=k, removed=removed)
+                point = plan_point("pruned", s, plan, installed, k=k, removed=removed)
                 with blocks_removed(s.model, s.blocks, list(removed)):
                     s.evaluate(key, ordering | point)
             else:
-                point = plan_point("quantized", s, plan, time.time() - started, k=k)
+                point = plan_point("quantized", s, plan, installed, k=k)
                 s.evaluate(key, ordering | point | {"low_blocks": sorted(order[:k])})
     finally:
         applier.restore()

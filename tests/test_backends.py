@@ -2,7 +2,9 @@
 
 A block of the committed reference model is quantized the way a sweep does it (a copy,
 each linear replaced by what the backend returns) with the settings of its
-`conf/quant/<name>.yaml`; its output is compared with the original block's.
+`conf/quant/<name>.yaml`; its output is compared with the original block's. A calibrated
+backend (GPTQ) is calibrated on the inputs calibration text gives that block, and judged,
+like the others, on a different text.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from omegaconf import OmegaConf
 from transformers.pytorch_utils import Conv1D
 
 from lwq.apply import PlanApplier, quantize_block
+from lwq.block_inputs import BlockInputs
+from lwq.calibrated import variants_for
+from lwq.calibration import calibration_ids
 from lwq.cost import plan_cost
 from lwq.errors import LwqError
 from lwq.models import block_linears, find_blocks
@@ -24,6 +29,7 @@ from lwq.quant import BACKENDS, check_bits, make_backend
 from lwq.quant.base import FULL_PRECISION
 from lwq.records import RecordStore
 from lwq.sweep import run_sweep
+from lwq.texts import load_texts
 from tests.conftest import compose_config, small_run_overrides
 
 NAMES = BACKENDS.names()
@@ -32,6 +38,7 @@ LIBRARIES = [n for n in NAMES if n != "rtn"]
 LIBRARY_WIDTHS = [(n, b) for n, b in WIDTHS if n in LIBRARIES]
 BLOCK = 5  # a middle block of ref-tiny
 SNR_FLOOR_8_BITS_DB = 50.0  # measured 55.9 (bnb LLM.int8) to 65.0 dB (hqq) on this input
+CALIBRATED = [n for n in NAMES if getattr(BACKENDS.get(n), "calibrated", False)]
 
 
 def _backend(name: str, **overrides):
@@ -64,15 +71,31 @@ def block_io(ref_model):
     return block, args, kwargs, _run(block, args, kwargs)
 
 
+def _calibration(model, tokenizer, samples=8, seq_len=128):
+    texts = load_texts("ref-calib", None)
+    return calibration_ids(texts, tokenizer, samples=samples, seq_len=seq_len, seed=0)
+
+
+@pytest.fixture(scope="module")
+def calib_inputs(ref_model):
+    """The calibration inputs entering block BLOCK (calibrated backends only use them)."""
+    model, tokenizer = ref_model
+    blocks = find_blocks(model)
+    inputs = BlockInputs.capture(model, blocks, _calibration(model, tokenizer))
+    for block in list(blocks)[:BLOCK]:
+        inputs.advance(block)
+    return inputs
+
+
 def _run(block, args, kwargs) -> torch.Tensor:
     with torch.no_grad():
         out = block(*args, **kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 
-def _quantized(block, backend, bits):
+def _quantized(block, backend, bits, inputs: BlockInputs):
     copied = copy.deepcopy(block)
-    quantize_block(copied, backend, bits)
+    quantize_block(copied, backend, bits, inputs=inputs)
     return copied
 
 
@@ -81,10 +104,10 @@ def _installed(block: torch.nn.Module, name: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize(("name", "bits"), WIDTHS, ids=[f"{n}-{b}" for n, b in WIDTHS])
-def test_planned_bytes_are_the_bytes_the_installed_modules_hold(block_io, name, bits):
+def test_planned_bytes_are_the_bytes_the_installed_modules_hold(block_io, calib_inputs, name, bits):
     block = block_io[0]
     backend = _backend(name)
-    quantized = _quantized(block, backend, bits)
+    quantized = _quantized(block, backend, bits, calib_inputs)
     for linear_name, original in block_linears(block):
         installed = _installed(quantized, linear_name)
         held = backend.held_bytes(installed)
@@ -106,10 +129,10 @@ OTHER_SETTINGS = [
 
 
 @pytest.mark.parametrize(("name", "bits", "settings"), OTHER_SETTINGS)
-def test_bytes_match_under_other_settings(block_io, name, bits, settings):
+def test_bytes_match_under_other_settings(block_io, calib_inputs, name, bits, settings):
     block = block_io[0]
     backend = _backend(name, **settings)
-    quantized = _quantized(block, backend, bits)
+    quantized = _quantized(block, backend, bits, calib_inputs)
     for linear_name, original in block_linears(block):
         held = backend.held_bytes(_installed(quantized, linear_name))
         assert backend.weight_bytes(original, bits) == held, linear_name
@@ -118,12 +141,15 @@ def test_bytes_match_under_other_settings(block_io, name, bits, settings):
 @pytest.mark.parametrize(
     ("name", "bits"), LIBRARY_WIDTHS, ids=[f"{n}-{b}" for n, b in LIBRARY_WIDTHS]
 )
-def test_eval_dequantized_holds_the_same_bytes_and_weights(block_io, name, bits):
+def test_eval_dequantized_holds_the_same_bytes_and_weights(block_io, calib_inputs, name, bits):
     """rtn always evaluates dequantized weights; the libraries can, as a switch."""
     block, args, kwargs, _ = block_io
     packed = _backend(name, eval_dequantized=False)
     plain = _backend(name, eval_dequantized=True)
-    a, b = _quantized(block, packed, bits), _quantized(block, plain, bits)
+    a, b = (
+        _quantized(block, packed, bits, calib_inputs),
+        _quantized(block, plain, bits, calib_inputs),
+    )
     for linear_name, _ in block_linears(block):
         held = packed.held_bytes(_installed(a, linear_name))
         assert plain.held_bytes(_installed(b, linear_name)) == held
@@ -134,27 +160,30 @@ def test_eval_dequantized_holds_the_same_bytes_and_weights(block_io, name, bits)
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_output_error_falls_as_bits_rise(block_io, name):
+def test_output_error_falls_as_bits_rise(block_io, calib_inputs, name):
     block, args, kwargs, reference = block_io
     backend = _backend(name)
     widths = sorted(backend.supported_bits - {FULL_PRECISION})
-    snr = [_snr_db(reference, _run(_quantized(block, backend, b), args, kwargs)) for b in widths]
+    snr = [
+        _snr_db(reference, _run(_quantized(block, backend, b, calib_inputs), args, kwargs))
+        for b in widths
+    ]
     by_bits = dict(zip(widths, snr, strict=True))
     assert all(lo < hi for lo, hi in zip(snr, snr[1:], strict=False)), by_bits
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if 8 in BACKENDS.get(n).supported_bits])
-def test_8_bit_output_is_close_to_the_original(block_io, name):
+def test_8_bit_output_is_close_to_the_original(block_io, calib_inputs, name):
     block, args, kwargs, reference = block_io
-    output = _run(_quantized(block, _backend(name), 8), args, kwargs)
+    output = _run(_quantized(block, _backend(name), 8, calib_inputs), args, kwargs)
     assert _snr_db(reference, output) > SNR_FLOOR_8_BITS_DB
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_16_bits_is_the_identity(block_io, name):
+def test_16_bits_is_the_identity(block_io, calib_inputs, name):
     block, args, kwargs, reference = block_io
     backend = _backend(name)
-    quantized = _quantized(block, backend, FULL_PRECISION)
+    quantized = _quantized(block, backend, FULL_PRECISION, calib_inputs)
     for linear_name, original in block_linears(block):
         installed = _installed(quantized, linear_name)
         assert type(installed) is type(original)
@@ -169,6 +198,7 @@ UNHANDLED = {
     "bnb": (lambda: torch.nn.Linear(64, 48), 4, "multiple of 32"),
     "quanto": (lambda: torch.nn.Linear(200, 64), 4, "must divide the input size 200"),
     "hqq": (lambda: torch.nn.Linear(100, 64), 4, "must divide the input size 100"),
+    "gptq": (lambda: torch.nn.Linear(200, 64), 4, "multiples of 32; proj has 200"),
 }
 
 
@@ -181,6 +211,13 @@ def test_a_shape_the_backend_cannot_handle_raises_naming_the_module(name):
     make, bits, phrase = UNHANDLED[name]
     block = torch.nn.Module()
     block.proj = make()
+    inputs = BlockInputs([torch.randn(1, 4, block.proj.weight.shape[1])], [[{}]])
+    if name in CALIBRATED:  # whole blocks only; the shape is refused before any run
+        with pytest.raises(LwqError, match="whole blocks"):
+            _backend(name).quantize(block.proj, bits)
+        with pytest.raises(LwqError, match=f"block 7 .*{phrase}"):
+            quantize_block(block, _backend(name), bits, where="block 7 ", inputs=inputs)
+        return
     with pytest.raises(LwqError, match=phrase):
         _backend(name).quantize(block.proj, bits)
     if isinstance(block.proj, torch.nn.Linear):  # through the applier: block and module named
@@ -188,14 +225,42 @@ def test_a_shape_the_backend_cannot_handle_raises_naming_the_module(name):
             quantize_block(block, _backend(name), bits, where="block 7 ")
 
 
+class _GPT2Like(torch.nn.Module):
+    """A block whose weight layer is GPT-2's Conv1D (weight stored (in, out))."""
+
+    def __init__(self):
+        super().__init__()
+        self.c_fc = Conv1D(96, 128)  # nf=96 outputs, nx=128 inputs
+
+    def forward(self, hidden, **_):
+        return torch.nn.functional.gelu(self.c_fc(hidden))
+
+
 @pytest.mark.parametrize("name", LIBRARIES)
-def test_library_backends_refuse_conv1d(name):
-    with pytest.raises(LwqError, match="nn.Linear only.*quant=rtn"):
-        _backend(name).quantize(Conv1D(64, 64), 4)
+def test_library_backends_take_conv1d_as_the_equivalent_linear(name):
+    """GPT-2's Conv1D quantizes to exactly what the same weights in an nn.Linear give."""
+    torch.manual_seed(0)
+    block = _GPT2Like().requires_grad_(False)
+    torch.nn.init.normal_(block.c_fc.bias, std=0.1)
+    twin = copy.deepcopy(block)
+    twin.c_fc = torch.nn.Linear(128, 96).requires_grad_(False)
+    twin.c_fc.weight.copy_(block.c_fc.weight.t())
+    twin.c_fc.bias.copy_(block.c_fc.bias)
+    x = torch.randn(2, 16, 128)
+    inputs = BlockInputs([x], [[{}]])
+    bits = 8 if name == "bnb" else 4
+    backend = _backend(name, eval_dequantized=True)
+    quantized = _quantized(block, backend, bits, inputs)
+    from_linear = _quantized(twin, backend, bits, inputs)
+    assert torch.equal(quantized.c_fc.weight, from_linear.c_fc.weight)
+    assert backend.held_bytes(quantized.c_fc) == backend.weight_bytes(block.c_fc, bits)
+    assert backend.weight_bytes(block.c_fc, bits) == backend.weight_bytes(twin.c_fc, bits)
+    with torch.no_grad():
+        assert _snr_db(block(x), quantized(x)) > 15  # and it still computes the block
 
 
 def test_a_width_no_backend_of_this_kind_does_names_those_that_can():
-    with pytest.raises(LwqError, match=r"quant=bnb cannot do 2 bits .*can: hqq, quanto, rtn"):
+    with pytest.raises(LwqError, match=r"quant=bnb cannot do 2 bits .*can: gptq, hqq, quanto, rtn"):
         check_bits(_backend("bnb"), 2)
     with pytest.raises(LwqError, match=r"quant=rtn cannot do 1 bits .*can: hqq$"):
         check_bits(_backend("rtn"), 1)
@@ -207,7 +272,9 @@ def test_applier_installs_library_modules_records_their_bytes_and_restores(ref_m
     blocks = find_blocks(model)
     before = {k: v.clone() for k, v in blocks[0].state_dict().items()}
     original = blocks[0]
-    applier = PlanApplier(blocks, _backend(name))
+    backend = _backend(name)
+    variants = variants_for(backend, model, blocks, _calibration(model, ref_model[1], 4, 64))
+    applier = PlanApplier(blocks, backend, variants=variants)
     low = min(BACKENDS.get(name).supported_bits)
     full = Plan((FULL_PRECISION,) * len(blocks))
     applier_plan = Plan((low,) + full.bits[1:])
@@ -227,7 +294,7 @@ def test_applier_installs_library_modules_records_their_bytes_and_restores(ref_m
     assert all(torch.equal(v, blocks[0].state_dict()[k]) for k, v in before.items())
 
 
-SWEEP_BITS = {"rtn": (4, 2), "bnb": (8, 4), "quanto": (4, 2), "hqq": (4, 2)}
+SWEEP_BITS = {"rtn": (4, 2), "bnb": (8, 4), "quanto": (4, 2), "hqq": (4, 2), "gptq": (4, 2)}
 
 
 @pytest.mark.slow
@@ -251,4 +318,6 @@ def test_a_short_sweep_runs_and_records_true_sizes(tmp_path, name):
         assert r["bits_per_weight"] > r["avg_bits"]  # scales, zero points, absmaxes cost bits
         assert math.isfinite(r["eval"]["cross_check"]["token_perplexity"])
         if name != "rtn":  # the backend's settings, in every record
-            assert r["quant"]["eval_dequantized"] is False
+            assert r["quant"]["eval_dequantized"] is (name in CALIBRATED)
+        for phase in ("quantize_memory", "eval_memory"):  # peak memory of both phases
+            assert r[phase]["peak_bytes"] > 0, phase

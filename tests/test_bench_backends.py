@@ -13,3 +13,5 @@ def test_every_backend_and_width_is_measured(tmp_path):
         sizes = [result[name][str(b)]["weight_bytes"] for b in widths]
         assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), name
         assert all(result[name][str(b)]["tokens_per_second"] > 0 for b in widths)
+        low = result[name][str(widths[0])]["heldout_token_ppl"]
+        assert low > result["unquantized"]["heldout_token_ppl"], name  # the lowest width hurts

@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from lwq.apply import PlanApplier
+from lwq.calibrated import variants_for
 from lwq.errors import LwqError
 from lwq.metrics.base import METRICS, Metric, Scores
 from lwq.plan import Plan
@@ -66,7 +67,8 @@ def sensitivity_scores(
     reference = _logprobs(model, calibration, batch_size)
     _, ref_nll = _kl_and_nll(reference, reference, calibration)
     details: dict[str, list[float]] = {f"{kind}@{b}": [] for b in widths for kind in ("kl", "ppl")}
-    applier = PlanApplier(blocks, backend)
+    variants = variants_for(backend, model, blocks, calibration, batch_size)  # GPTQ's inputs
+    applier = PlanApplier(blocks, backend, variants=variants)
     try:
         for i in range(len(blocks)):
             for b in widths:

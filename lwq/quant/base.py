@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from lwq.errors import LwqError
 from lwq.registry import Registry
@@ -77,14 +78,24 @@ def full_precision_bytes(module: torch.nn.Module) -> int:
     return module.weight.numel() * MODEL_DTYPE_BYTES + bias_bytes(module)
 
 
-def require_linear(backend: str, module: torch.nn.Module) -> torch.nn.Linear:
-    """Library backends take plain `nn.Linear` only (not GPT-2's transposed Conv1D)."""
-    if type(module) is not torch.nn.Linear:
-        raise LwqError(
-            f"quant={backend} handles torch.nn.Linear only, not {type(module).__name__}; "
-            "use quant=rtn for this model"
-        )
-    return module
+def as_linear(backend: str, module: torch.nn.Module) -> torch.nn.Linear:
+    """The module as a plain `nn.Linear`, the one type the libraries take.
+
+    GPT-2's `Conv1D` (weight stored (in, out)) becomes an equivalent `nn.Linear` on the
+    transposed weight: the same function, so the library's module can replace it.
+    """
+    if type(module) is torch.nn.Linear:
+        return module
+    if isinstance(module, Conv1D):
+        in_features, out_features = module.weight.shape
+        linear = torch.nn.Linear(in_features, out_features, device="meta")
+        linear.weight = torch.nn.Parameter(module.weight.detach().t().contiguous(), False)
+        linear.bias = torch.nn.Parameter(module.bias.detach(), False)
+        return linear
+    raise LwqError(
+        f"quant={backend} handles torch.nn.Linear and Conv1D only, not {type(module).__name__}; "
+        "use quant=rtn for this model"
+    )
 
 
 class DequantizedLinear(torch.nn.Linear):
@@ -127,7 +138,7 @@ class LibraryBackend:
     def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
         if bits == FULL_PRECISION:
             return module
-        linear = require_linear(self.name, module)
+        linear = as_linear(self.name, module)
         self._check_shape(linear, bits)
         dtype, bias = linear.weight.dtype, linear.bias  # read first: packing may consume them
         packed = self._pack(linear, bits)

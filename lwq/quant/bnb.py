@@ -19,6 +19,7 @@ import math
 import torch
 
 from lwq.errors import LwqError
+from lwq.models import linear_shape
 from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,
@@ -149,7 +150,7 @@ class BitsAndBytes(LibraryBackend):
             return full_precision_bytes(module)
         n = module.weight.numel()
         if bits == 8:  # int8 codes and a float32 absmax (SCB) per output row
-            return n + module.weight.shape[0] * FLOAT32 + bias_bytes(module)
+            return n + linear_shape(module)[0] * FLOAT32 + bias_bytes(module)
         blocks = math.ceil(n / self.blocksize)
         codebook = 16 * FLOAT32  # the nf4/fp4 values
         if self.double_quant:  # uint8 absmaxes, their float32 offset, absmaxes and 256-code book

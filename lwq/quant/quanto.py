@@ -15,6 +15,7 @@ import math
 import torch
 
 from lwq.errors import LwqError
+from lwq.models import linear_shape
 from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,
@@ -86,7 +87,7 @@ class Quanto(LibraryBackend):
     def weight_bytes(self, module: torch.nn.Module, bits: int) -> int:
         if bits == FULL_PRECISION:
             return full_precision_bytes(module)
-        out_features, in_features = module.weight.shape
+        out_features, in_features = linear_shape(module)
         if bits == 8:
             codes, params = module.weight.numel(), out_features  # one scale a row
         else:

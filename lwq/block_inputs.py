@@ -1,0 +1,83 @@
+"""The calibration inputs of decoder blocks, carried from one block to the next.
+
+A calibrated quantizer (GPTQ) needs, for block i, the hidden states that enter it when
+the calibration sequences run through the model. One forward pass of the model records
+the hidden states entering block 0 and the keyword arguments the decoder hands each
+block (rotary embeddings, masks; models with sliding-window layers give layers different
+masks, so they are kept per block). After that only blocks run: `advance(block, i)`
+turns the inputs of block i into those of block i + 1 through whichever block is given
+(the original, or the one already quantized in sequential mode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from lwq.errors import LwqError
+
+
+class _Stop(Exception):
+    """Raised by the hook on the last block: the rest of the model is not needed."""
+
+
+def _hidden(value) -> torch.Tensor:
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+class BlockInputs:
+    """Hidden states entering one block, batch by batch, and every block's kwargs."""
+
+    def __init__(self, hidden: list[torch.Tensor], kwargs: list[list[dict]], index: int = 0):
+        self.hidden = hidden  # one (B, S, D) tensor per calibration batch
+        self.kwargs = kwargs  # kwargs[block][batch]
+        self.index = index  # the block these hidden states enter
+
+    @classmethod
+    @torch.no_grad()
+    def capture(cls, model, blocks, calibration: torch.Tensor, batch_size: int = 8):
+        """Run `calibration` (N, S) ids once; keep block 0's inputs and all blocks' kwargs."""
+        device = next(model.parameters()).device
+        hidden: list[torch.Tensor] = []
+        kwargs: list[list[dict]] = [[] for _ in blocks]
+        last = len(blocks) - 1
+
+        def pre_hook(i):
+            def hook(module, args, kw):
+                if i == 0:
+                    hidden.append(args[0] if args else kw["hidden_states"])
+                kwargs[i].append({k: v for k, v in kw.items() if k != "hidden_states"})
+                if i == last:
+                    raise _Stop
+
+            return hook
+
+        handles = [
+            b.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
+        ]
+        try:
+            for start in range(0, len(calibration), batch_size):
+                with contextlib.suppress(_Stop):
+                    ids = calibration[start : start + batch_size].to(device)
+                    model(input_ids=ids, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not hidden or len(hidden) != len(kwargs[last]):
+            raise LwqError("calibration inputs did not reach every block; is this a decoder?")
+        return cls(hidden, kwargs)
+
+    def copy(self) -> BlockInputs:
+        return BlockInputs(list(self.hidden), self.kwargs, self.index)
+
+    @torch.no_grad()
+    def run(self, block: torch.nn.Module) -> list[torch.Tensor]:
+        """`block` (standing at position `index`) applied to every batch."""
+        kwargs = self.kwargs[self.index]
+        return [_hidden(block(h, **kw)) for h, kw in zip(self.hidden, kwargs, strict=True)]
+
+    def advance(self, block: torch.nn.Module) -> None:
+        """Become the inputs of the next block, through `block` at the current position."""
+        self.hidden = self.run(block)
+        self.index += 1

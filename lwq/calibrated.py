@@ -1,0 +1,129 @@
+"""Blocks quantized by a calibrated backend (GPTQ): which inputs each is built on, built once.
+
+`quant.settings.inputs` picks the inputs a block at b bits is calibrated on:
+
+- `full_precision` (default): the hidden states the unquantized model feeds it. The variant
+  then depends only on (block, bits), so the first time any block is wanted at b bits one
+  walk through the original blocks quantizes every block at b (the usual GPTQ pass), and
+  every later plan of the sweep, whatever its order or fraction, reuses them.
+- `sequential`: the hidden states the plan's own blocks before it produce (quantized ones
+  included): the inputs it will really see, as in the GPTQ paper's sequential pass. The
+  variant depends on the bits of every block before it, so it is rebuilt when those change
+  (a sweep rebuilds most blocks at most points); only the current plan's variants are kept.
+
+Variants are kept packed (their true size) on the host, and each install unpacks a copy
+for evaluation (`backend.for_eval`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+
+from lwq.block_inputs import BlockInputs
+from lwq.plan import Plan
+from lwq.quant.base import FULL_PRECISION
+
+
+class CalibratedVariants:
+    """The packed variants of a calibrated backend for one model and calibration set."""
+
+    def __init__(self, backend, capture: Callable[[], BlockInputs], keep_on="cpu") -> None:
+        self.backend = backend
+        self.sequential = backend.inputs == "sequential"
+        self.keep_on = torch.device(keep_on)
+        self._capture = capture
+        self._first: BlockInputs | None = None
+        self._packed: dict[tuple, torch.nn.Module] = {}
+        self._cursor: BlockInputs | None = None  # sequential: inputs part-way through a plan
+        self._cursor_bits: tuple[int, ...] = ()  # the plan bits the cursor went through
+        self.builds = 0  # blocks quantized (a GPTQ run each)
+
+    def key(self, i: int, plan: Plan) -> tuple:
+        """What block i's variant under `plan` depends on."""
+        bits = plan.bits[i]
+        if bits == FULL_PRECISION or not self.sequential:
+            return (bits,)
+        return (bits, tuple(plan.bits[:i]))
+
+    def block(
+        self,
+        i: int,
+        plan: Plan,
+        original: Callable[[int], torch.nn.Module],
+        installed: torch.nn.ModuleList,
+        device: torch.device,
+    ) -> torch.nn.Module:
+        """Block i quantized for `plan`, unpacked for evaluation on `device` (a new copy).
+
+        `original(j)` is block j as loaded; `installed` holds the plan's blocks before i
+        (the applier installs in order), which sequential mode runs its inputs through.
+        """
+        key = (i, *self.key(i, plan))
+        if key not in self._packed:
+            if self.sequential:
+                self._build_sequential(i, plan, original, installed, device)
+            else:
+                self._build_all(plan.bits[i], original, len(installed), device)
+        return self.backend.for_eval(copy.deepcopy(self._packed[key]).to(device))
+
+    def first_inputs(self) -> BlockInputs:
+        if self._first is None:
+            self._first = self._capture()
+        return self._first
+
+    def _quantized(self, block: torch.nn.Module, bits: int, inputs: BlockInputs, device):
+        variant = copy.deepcopy(block).to(device)
+        self.backend.quantize_block(variant, bits, inputs)
+        self.builds += 1
+        return variant.to(self.keep_on)
+
+    def _build_all(self, bits: int, original, n: int, device) -> None:
+        """Every block at `bits`, each on the full-precision model's inputs."""
+        inputs = self.first_inputs().copy()
+        for j in range(n):
+            block = original(j)
+            if (j, bits) not in self._packed:
+                self._packed[(j, bits)] = self._quantized(block, bits, inputs, device)
+            if j + 1 < n:
+                inputs.advance(_on(block, device))
+
+    def _build_sequential(self, i: int, plan: Plan, original, installed, device) -> None:
+        """Block i on the inputs the plan's installed blocks 0..i-1 produce."""
+        done = self._cursor_bits
+        if self._cursor is None or self._cursor.index > i or plan.bits[: len(done)] != done:
+            self._cursor, self._cursor_bits = self.first_inputs().copy(), ()
+            self._packed = {k: v for k, v in self._packed.items() if _consistent(k, plan)}
+        while self._cursor.index < i:
+            self._cursor.advance(installed[self._cursor.index])
+        self._cursor_bits = tuple(plan.bits[:i])
+        key = (i, *self.key(i, plan))
+        self._packed[key] = self._quantized(original(i), plan.bits[i], self._cursor, device)
+
+
+def _consistent(key: tuple, plan: Plan) -> bool:
+    """A sequential variant still usable under `plan` (its prefix is the plan's)."""
+    i, _, prefix = key
+    return tuple(plan.bits[:i]) == prefix
+
+
+def _on(block: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`block` on `device`: itself if it is there, else a copy (originals stay where they are)."""
+    if next(block.parameters()).device == device:
+        return block
+    return copy.deepcopy(block).to(device)
+
+
+def variants_for(backend, model, blocks, calibration: torch.Tensor, batch_size: int = 8):
+    """The CalibratedVariants a calibrated backend needs (None for the others).
+
+    The calibration inputs are captured on first use, so runs whose points are all
+    recorded already never pay for them.
+    """
+    if not getattr(backend, "calibrated", False):
+        return None
+    return CalibratedVariants(
+        backend, lambda: BlockInputs.capture(model, blocks, calibration, batch_size)
+    )

@@ -1,0 +1,218 @@
+"""GPTQ (Frantar et al. 2023) through gptqmodel: calibrated 2, 3, 4 or 8-bit weights.
+
+GPTQ quantizes a linear layer column by column and pushes each column's rounding error
+onto the columns not yet quantized, weighted by the inverse Hessian H = X^T X of the
+layer's calibration inputs X. So unlike the other backends it quantizes whole blocks:
+one forward pass of the block, as loaded, over the inputs entering it records every
+linear's X (all linears of a block see full-precision sublayers before them), then each
+linear is quantized by gptqmodel's `GPTQ` and packed into its `TorchLinear` (the GPTQ
+checkpoint format: int32-packed codes, int32-packed zero points, float16 scales, an int32
+group index per input feature). Which inputs enter a block (those of the full-precision
+model, or those of the already-quantized blocks before it) is lwq.calibrated's choice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from lwq.block_inputs import BlockInputs
+from lwq.device import pick_device
+from lwq.errors import LwqError
+from lwq.models import block_linears, linear_shape
+from lwq.quant.base import (
+    BACKENDS,
+    FULL_PRECISION,
+    as_linear,
+    bias_bytes,
+    dequantized,
+    full_precision_bytes,
+)
+
+INT32 = 4
+FLOAT16 = 2
+PACK_MULTIPLE = 32  # gptqmodel packs rows and columns in words of 32 codes
+INPUT_MODES = ("full_precision", "sequential")
+
+
+def _gptqmodel():
+    """gptqmodel's GPTQ, its config and its torch module, imported on first use (slow)."""
+    if (os.cpu_count() or 1) <= 2:  # its worker pools refuse to start on 2 cores otherwise
+        os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+    from gptqmodel.quantization.config import QuantizeConfig
+    from gptqmodel.quantization.gptq import GPTQ
+
+    return GPTQ, QuantizeConfig, TorchLinear
+
+
+@BACKENDS.register("gptq")
+class GPTQBackend:
+    """gptqmodel's GPTQ, one block at a time; evaluated packed or on dequantized weights."""
+
+    name = "gptq"
+    supported_bits = frozenset({2, 3, 4, 8, FULL_PRECISION})
+    calibrated = True  # needs the inputs entering each block (lwq.calibrated)
+
+    def __init__(
+        self,
+        group_size: int = 128,
+        sym: bool = False,
+        act_order: bool = False,
+        damp_percent: float = 0.01,
+        inputs: str = "full_precision",
+        eval_dequantized: bool | str = "auto",
+    ) -> None:
+        if group_size < PACK_MULTIPLE or group_size % PACK_MULTIPLE:
+            raise LwqError(f"quant.settings.group_size must be a multiple of 32, got {group_size}")
+        if inputs not in INPUT_MODES:
+            raise LwqError(
+                f"quant.settings.inputs must be one of {', '.join(INPUT_MODES)}, got {inputs!r}"
+            )
+        if not 0 < damp_percent < 1:
+            raise LwqError(f"quant.settings.damp_percent must be in (0, 1), got {damp_percent}")
+        self.group_size = group_size
+        self.sym = sym
+        self.act_order = act_order
+        self.damp_percent = damp_percent
+        self.inputs = inputs
+        if eval_dequantized == "auto":  # the library's kernels on CUDA; dequantized on CPU
+            eval_dequantized = pick_device("auto").type != "cuda"
+        if not isinstance(eval_dequantized, bool):
+            raise LwqError(
+                "quant.settings.eval_dequantized must be auto, true or false, "
+                f"got {eval_dequantized!r}"
+            )
+        self.eval_dequantized = eval_dequantized
+
+    def settings(self) -> dict:
+        return {
+            "group_size": self.group_size,
+            "sym": self.sym,
+            "act_order": self.act_order,
+            "damp_percent": self.damp_percent,
+            "inputs": self.inputs,
+            "eval_dequantized": self.eval_dequantized,
+        }
+
+    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
+        if bits == FULL_PRECISION:
+            return module
+        raise LwqError(
+            "quant=gptq quantizes whole blocks on their calibration inputs, not single layers"
+        )
+
+    @torch.no_grad()
+    def quantize_block(self, block: torch.nn.Module, bits: int, inputs: BlockInputs) -> None:
+        """Replace every linear of `block` (mutated) by its packed GPTQ `TorchLinear`.
+
+        `inputs` are the hidden states entering this block; the block itself runs them once.
+        """
+        if bits == FULL_PRECISION:
+            return
+        gptq, config, _ = _gptqmodel()
+        linears = block_linears(block)
+        tasks = {}
+        for name, module in linears:
+            linear = as_linear(self.name, module)
+            self._check_shape(name, linear)
+            task = gptq(linear, config(**self._config(bits)))
+            task.quantizer.configure(perchannel=True)
+            tasks[name] = task
+        handles = [
+            module.register_forward_pre_hook(self._collector(tasks[name]))
+            for name, module in linears
+        ]
+        try:
+            inputs.run(block)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, task in tasks.items():
+            if not task.nsamples:  # gptqmodel would fall back to plain rounding silently
+                raise LwqError(f"{name} saw no calibration tokens; check calib.samples")
+            block.set_submodule(name, self._pack(task, bits))
+
+    def for_eval(self, block: torch.nn.Module) -> torch.nn.Module:
+        """`block` (mutated) as evaluated: packed, or on its dequantized weights."""
+        if not self.eval_dequantized:
+            return block
+        _, _, packed_type = _gptqmodel()
+        dtype = _dtype_of(block)
+        for name, module in list(block.named_modules()):
+            if isinstance(module, packed_type):
+                weight = module.dequantize_weight().t()  # (in, out) -> (out, in)
+                held = self.held_bytes(module)
+                block.set_submodule(name, dequantized(weight, module.bias, held, dtype))
+        return block
+
+    def held_bytes(self, module: torch.nn.Module) -> int:
+        if hasattr(module, "held"):  # eval_dequantized: the packed module's count
+            return module.held
+        if hasattr(module, "qweight"):
+            held = (module.qweight, module.qzeros, module.scales, module.g_idx, module.bias)
+            return sum(t.nbytes for t in held if t is not None)
+        return full_precision_bytes(module)
+
+    def weight_bytes(self, module: torch.nn.Module, bits: int) -> int:
+        if bits == FULL_PRECISION:
+            return full_precision_bytes(module)
+        out_features, in_features = linear_shape(module)
+        groups = math.ceil(in_features / self.group_size)
+        codes = in_features * out_features * bits // 8
+        zeros = groups * math.ceil(out_features * bits / PACK_MULTIPLE) * INT32
+        scales = groups * out_features * FLOAT16
+        return codes + zeros + scales + in_features * INT32 + bias_bytes(module)
+
+    def _config(self, bits: int) -> dict:
+        return {
+            "bits": bits,
+            "group_size": self.group_size,
+            "sym": self.sym,
+            "desc_act": self.act_order,
+            "damp_percent": self.damp_percent,
+            "offload_to_disk": False,
+        }
+
+    def _check_shape(self, name: str, linear: torch.nn.Linear) -> None:
+        for what, size in (("input", linear.in_features), ("output", linear.out_features)):
+            if size % PACK_MULTIPLE:
+                raise LwqError(
+                    f"quant=gptq packs {what} sizes that are multiples of 32; {name} has "
+                    f"{size}; use quant=rtn or quant=hqq for this model"
+                )
+
+    @staticmethod
+    def _collector(task):
+        def hook(module, args):
+            task.add_batch(args[0], None)
+
+        return hook
+
+    def _pack(self, task, bits: int) -> torch.nn.Module:
+        _, _, packed_type = _gptqmodel()
+        linear = task.module
+        weights, scale, zero, g_idx, *_ = task.quantize()
+        packed = packed_type(
+            bits=bits,
+            group_size=self.group_size,
+            sym=self.sym,
+            desc_act=self.act_order,
+            in_features=linear.in_features,
+            out_features=linear.out_features,
+            bias=linear.bias is not None,
+            pack_dtype=torch.int32,
+        )
+        linear.weight.data = weights.to(linear.weight.dtype)
+        packed.pack(linear, scale, zero, g_idx)
+        packed.post_init()
+        return packed.to(linear.weight.device).eval()
+
+
+def _dtype_of(block: torch.nn.Module) -> torch.dtype:
+    for p in block.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
