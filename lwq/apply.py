@@ -83,7 +83,7 @@ class PlanApplier:
         self.current = [FULL_PRECISION] * len(blocks)
         self._keys: list[tuple] = [(FULL_PRECISION,)] * len(blocks)
         self._originals: dict[int, torch.nn.Module] = {}
-        self.quantize_calls = 0  # (block, bits) variants built; a sweep's efficiency check
+        self.quantize_calls = 0  # quantized variants installed; a sweep's efficiency check
 
     def apply(self, plan: Plan) -> None:
         for bits in set(plan.bits):

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from lwq.block_inputs import BlockInputs
+from lwq.errors import LwqError
 from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION
 
@@ -74,9 +75,12 @@ class CalibratedVariants:
             self._first = self._capture()
         return self._first
 
-    def _quantized(self, block: torch.nn.Module, bits: int, inputs: BlockInputs, device):
+    def _quantized(self, j: int, block: torch.nn.Module, bits: int, inputs: BlockInputs, device):
         variant = copy.deepcopy(block).to(device)
-        self.backend.quantize_block(variant, bits, inputs)
+        try:
+            self.backend.quantize_block(variant, bits, inputs)
+        except LwqError as err:
+            raise LwqError(f"block {j} {err}") from err
         self.builds += 1
         return variant.to(self.keep_on)
 
@@ -86,7 +90,7 @@ class CalibratedVariants:
         for j in range(n):
             block = original(j)
             if (j, bits) not in self._packed:
-                self._packed[(j, bits)] = self._quantized(block, bits, inputs, device)
+                self._packed[(j, bits)] = self._quantized(j, block, bits, inputs, device)
             if j + 1 < n:
                 inputs.advance(_on(block, device))
 
@@ -100,7 +104,7 @@ class CalibratedVariants:
             self._cursor.advance(installed[self._cursor.index])
         self._cursor_bits = tuple(plan.bits[:i])
         key = (i, *self.key(i, plan))
-        self._packed[key] = self._quantized(original(i), plan.bits[i], self._cursor, device)
+        self._packed[key] = self._quantized(i, original(i), plan.bits[i], self._cursor, device)
 
 
 def _consistent(key: tuple, plan: Plan) -> bool:
