@@ -98,6 +98,16 @@ def as_linear(backend: str, module: torch.nn.Module) -> torch.nn.Linear:
     )
 
 
+def installed_bytes(module: torch.nn.Module, packed_type: type, packed_bytes) -> int:
+    """Bytes an installed module holds: a `DequantizedLinear`'s remembered packed count, a
+    library module's `packed_bytes(module)`, or a linear left as loaded at 16 bits."""
+    if hasattr(module, "held"):  # eval_dequantized: the packed module's count
+        return module.held
+    if isinstance(module, packed_type):
+        return packed_bytes(module)
+    return full_precision_bytes(module)
+
+
 class DequantizedLinear(torch.nn.Linear):
     """A plain linear holding a library's dequantized weights (`eval_dequantized: true`).
 
@@ -147,8 +157,4 @@ class LibraryBackend:
         return dequantized(self._dequantize(packed), bias, self.held_bytes(packed), dtype)
 
     def held_bytes(self, module: torch.nn.Module) -> int:
-        if hasattr(module, "held"):  # eval_dequantized: the packed module's count
-            return module.held
-        if not isinstance(module, self._packed_type()):
-            return full_precision_bytes(module)  # left as loaded
-        return self._packed_bytes(module)
+        return installed_bytes(module, self._packed_type(), self._packed_bytes)

@@ -29,6 +29,7 @@ from lwq.quant.base import (
     bias_bytes,
     dequantized,
     full_precision_bytes,
+    installed_bytes,
 )
 
 INT32 = 4
@@ -149,12 +150,7 @@ class GPTQBackend:
         return block
 
     def held_bytes(self, module: torch.nn.Module) -> int:
-        if hasattr(module, "held"):  # eval_dequantized: the packed module's count
-            return module.held
-        if hasattr(module, "qweight"):
-            held = (module.qweight, module.qzeros, module.scales, module.g_idx, module.bias)
-            return sum(t.nbytes for t in held if t is not None)
-        return full_precision_bytes(module)
+        return installed_bytes(module, _gptqmodel()[2], _packed_bytes)
 
     def weight_bytes(self, module: torch.nn.Module, bits: int) -> int:
         if bits == FULL_PRECISION:
@@ -209,6 +205,12 @@ class GPTQBackend:
         packed.pack(linear, scale, zero, g_idx)
         packed.post_init()
         return packed.to(linear.weight.device).eval()
+
+
+def _packed_bytes(module: torch.nn.Module) -> int:
+    """The GPTQ-format tensors a `TorchLinear` holds (not its kernel's lookup constants)."""
+    held = (module.qweight, module.qzeros, module.scales, module.g_idx, module.bias)
+    return sum(t.nbytes for t in held if t is not None)
 
 
 def _dtype_of(block: torch.nn.Module) -> torch.dtype:
