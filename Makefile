@@ -3,13 +3,16 @@ PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup test lint format run reference-model check-reference figures bench
+.PHONY: setup test test-fast lint format run reference-model check-reference figures bench
 
 setup:  ## install lwq and its pinned dependencies (torch 2.13.0; CPU build here)
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test: lint  ## ruff (lint + format check), then the whole test suite
+test: lint  ## ruff (lint + format check), then the whole test suite (what CI runs)
 	$(PYTHON) -m pytest
+
+test-fast: lint  ## ruff, then the tests not marked slow (no whole sweeps, suites, GPTQ runs or training)
+	$(PYTHON) -m pytest -m "not slow"
 
 lint:
 	$(PYTHON) -m ruff check .
@@ -33,4 +36,4 @@ figures:  ## figures from results/*/records.jsonl into plots/out/ (options: FIGU
 	$(PYTHON) -m lwq.figures $(FIGURES_ARGS)
 
 bench:  ## time the default sweep; writes bench/results.json (run it alone on the machine)
-	$(PYTHON) -m lwq.bench
+	$(PYTHON) -m bench

@@ -2,6 +2,8 @@
 
 The bare word picks the command (`python run.py model=llama2-13b metric=ldi sweep`); Hydra
 itself only understands `key=value`, so the word is turned into `command=<word>` first.
+The composed config becomes a checked, typed `RunConfig` (lwq.config) once, here; bad
+input stops with one line on stderr and exit code 2 before anything is loaded or written.
 """
 
 from __future__ import annotations
@@ -11,30 +13,44 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from lwq.config import COMMANDS, compose_run, from_hydra
 from lwq.errors import LwqError
 
-COMMANDS = ("sweep", "scores", "compare")
+BAD_INPUT = 2
 
 
 def command_words_to_overrides(argv: list[str]) -> list[str]:
     return [f"command={arg}" if arg in COMMANDS else arg for arg in argv]
 
 
+def fail(err: LwqError) -> None:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(BAD_INPUT)
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from lwq.compare import run_compare, run_scores
-    from lwq.sweep import run_sweep
+    from lwq.commands import run
 
-    runners = {"sweep": run_sweep, "scores": run_scores, "compare": run_compare}
     try:
-        if cfg.command not in runners:
-            raise LwqError(f"unknown command {cfg.command!r}; use one of {', '.join(runners)}")
-        runners[cfg.command](cfg)
+        run(from_hydra(cfg))
     except LwqError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(err)
+
+
+def check_before_hydra(overrides: list[str]) -> None:
+    """Compose and check a single run's config before Hydra makes its output directory, so
+    a bad override is one line (Hydra's own errors span several) and writes nothing."""
+    if any(arg.startswith("-") for arg in overrides):
+        return  # Hydra's own flags (--multirun, --cfg, --help, ...): Hydra handles them
+    try:
+        compose_run(*overrides)
+    except LwqError as err:
+        fail(err)
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *command_words_to_overrides(sys.argv[1:])]
+    overrides = command_words_to_overrides(sys.argv[1:])
+    check_before_hydra(overrides)
+    sys.argv = [sys.argv[0], *overrides]
     main()

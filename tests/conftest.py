@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Hydra config, the committed reference model, the data dir."""
+"""Shared fixtures and helpers: the real config, the committed reference model, the data
+dir, the records of a results dir and the calibration windows of the reference corpus."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+
+from lwq.config import RunConfig, compose_run
+from lwq.data import calibration_ids, load_texts
+from lwq.results.store import RecordStore
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -17,10 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def compose_config(*overrides: str):
-    """The real config, composed exactly as run.py does (plus test overrides)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+def compose_config(*overrides: str) -> RunConfig:
+    """The checked RunConfig of `python run.py <overrides>`, composed exactly as run.py does."""
+    return compose_run(*overrides)
 
 
 def small_run_overrides(tmp_path: Path) -> list[str]:
@@ -37,6 +40,17 @@ def small_run_overrides(tmp_path: Path) -> list[str]:
     ]
 
 
+def records(tmp_path: Path, model: str = "ref-tiny", name: str = "records.jsonl") -> list[dict]:
+    """Every record a run with `small_run_overrides(tmp_path)` wrote for `model`."""
+    return RecordStore(tmp_path / "results" / model / name).read()
+
+
+def reference_calibration(tokenizer, samples: int = 8, seq_len: int = 128, seed: int = 0):
+    """(samples, seq_len) windows of the reference corpus' calibration split."""
+    texts = load_texts("ref-calib", ROOT)
+    return calibration_ids(texts, tokenizer, samples=samples, seq_len=seq_len, seed=seed)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """../shared/data (or LWQ_DATA); missing data fails loudly under CI, skips elsewhere."""
@@ -51,8 +65,9 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ref_model():
-    """The committed reference model and its tokenizer, loaded once."""
-    from lwq.models import load_model
+    """The committed reference model and its tokenizer, loaded once. Tests that change it
+    must restore it in a `finally` (or work on a copy)."""
+    from lwq.modeling.load import load_model
 
     if not (REF_MODEL / "model.safetensors").exists():
         pytest.fail(f"{REF_MODEL} has no weights; run `make reference-model`")

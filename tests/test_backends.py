@@ -12,25 +12,29 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+import yaml
 from transformers.pytorch_utils import Conv1D
 
-from lwq.apply import PlanApplier, quantize_block
-from lwq.block_inputs import BlockInputs
-from lwq.calibrated import variants_for
-from lwq.calibration import calibration_ids
-from lwq.cost import plan_cost
+from lwq.commands.sweep import run_sweep
 from lwq.errors import LwqError
-from lwq.models import block_linears, find_blocks
+from lwq.modeling.blocks import block_linears, find_blocks
+from lwq.modeling.capture import BlockInputs
 from lwq.plan import Plan
 from lwq.quant import BACKENDS, check_bits, make_backend
 from lwq.quant.base import FULL_PRECISION
-from lwq.records import RecordStore
-from lwq.sweep import run_sweep
-from lwq.texts import load_texts
-from tests.conftest import compose_config, small_run_overrides
+from lwq.quant.cost import SizeTable
+from lwq.quant.install import PlanApplier
+from lwq.quant.variants import make_variants, quantize_block
+from tests.conftest import (
+    CONF,
+    compose_config,
+    records,
+    reference_calibration,
+    small_run_overrides,
+)
 
 NAMES = BACKENDS.names()
 WIDTHS = [(n, b) for n in NAMES for b in sorted(BACKENDS.get(n).supported_bits - {16})]
@@ -38,12 +42,22 @@ LIBRARIES = [n for n in NAMES if n != "rtn"]
 LIBRARY_WIDTHS = [(n, b) for n, b in WIDTHS if n in LIBRARIES]
 BLOCK = 5  # a middle block of ref-tiny
 SNR_FLOOR_8_BITS_DB = 50.0  # measured 55.9 (bnb LLM.int8) to 65.0 dB (hqq) on this input
-CALIBRATED = [n for n in NAMES if getattr(BACKENDS.get(n), "calibrated", False)]
+CALIBRATED = [n for n in NAMES if BACKENDS.get(n).calibrated]
+
+
+def _cases(cases: list) -> list:
+    """Parameter sets, those of a calibrated backend (GPTQ runs, seconds each) marked slow."""
+    out = []
+    for case in cases:
+        values = case if isinstance(case, tuple) else (case,)
+        marks = [pytest.mark.slow] if values[0] in CALIBRATED else []
+        out.append(pytest.param(*values, marks=marks, id="-".join(map(str, values[:2]))))
+    return out
 
 
 def _backend(name: str, **overrides):
     """The backend as `quant=<name>` configures it (its conf file's settings)."""
-    settings = OmegaConf.to_container(compose_config(f"quant={name}").quant.settings)
+    settings = yaml.safe_load((CONF / "quant" / f"{name}.yaml").read_text())["settings"]
     return make_backend(name, **{**settings, **overrides})
 
 
@@ -71,17 +85,12 @@ def block_io(ref_model):
     return block, args, kwargs, _run(block, args, kwargs)
 
 
-def _calibration(model, tokenizer, samples=8, seq_len=128):
-    texts = load_texts("ref-calib", None)
-    return calibration_ids(texts, tokenizer, samples=samples, seq_len=seq_len, seed=0)
-
-
 @pytest.fixture(scope="module")
 def calib_inputs(ref_model):
     """The calibration inputs entering block BLOCK (calibrated backends only use them)."""
     model, tokenizer = ref_model
     blocks = find_blocks(model)
-    inputs = BlockInputs.capture(model, blocks, _calibration(model, tokenizer))
+    inputs = BlockInputs.capture(model, blocks, reference_calibration(tokenizer))
     for block in list(blocks)[:BLOCK]:
         inputs.advance(block)
     return inputs
@@ -103,7 +112,7 @@ def _installed(block: torch.nn.Module, name: str) -> torch.nn.Module:
     return block.get_submodule(name)
 
 
-@pytest.mark.parametrize(("name", "bits"), WIDTHS, ids=[f"{n}-{b}" for n, b in WIDTHS])
+@pytest.mark.parametrize(("name", "bits"), _cases(WIDTHS))
 def test_planned_bytes_are_the_bytes_the_installed_modules_hold(block_io, calib_inputs, name, bits):
     block = block_io[0]
     backend = _backend(name)
@@ -115,6 +124,31 @@ def test_planned_bytes_are_the_bytes_the_installed_modules_hold(block_io, calib_
         assert held < backend.weight_bytes(original, FULL_PRECISION)
         if name != "rtn":  # a library backend installs its own module
             assert type(installed) is not torch.nn.Linear
+        else:  # rtn holds dequantized weights: pack them for real and count the bytes
+            assert held == _rtn_packed_bytes(original, installed, bits, backend.group_size)
+
+
+def _rtn_packed_bytes(original, installed, bits: int, group_size: int) -> int:
+    """Bytes of the installed weights packed as one bit stream: per group its float16 scale
+    and `bits`-wide zero point, then every weight's `bits`-wide code; plus a 16-bit bias.
+    The codes are recovered from the installed weights and must decode back to them."""
+    levels = 2**bits - 1
+    w, w_hat = original.weight.detach().float(), installed.weight.detach().float()
+    stream = []
+    for start in range(0, w.shape[1], group_size):
+        group, got = w[:, start : start + group_size], w_hat[:, start : start + group_size]
+        scale = (group.amax(1).clamp(min=0) - group.amin(1).clamp(max=0)) / levels  # (rows,)
+        zero = torch.round(-group.amin(1).clamp(max=0) / scale)  # float32, as stored
+        codes = torch.round(got / scale[:, None]) + zero[:, None]
+        assert codes.min() >= 0 and codes.max() <= levels
+        torch.testing.assert_close((codes - zero[:, None]) * scale[:, None], got)
+        for row in range(len(group)):
+            half = np.float16(scale[row].item()).view(np.uint16)
+            stream += [(int(half) >> i) & 1 for i in range(16)]
+            stream += [(int(zero[row]) >> i) & 1 for i in range(bits)]
+            stream += [(int(c) >> i) & 1 for c in codes[row].tolist() for i in range(bits)]
+    bias = 0 if original.bias is None else original.bias.numel() * 2
+    return len(np.packbits(np.array(stream, dtype=np.uint8))) + bias
 
 
 OTHER_SETTINGS = [
@@ -138,9 +172,7 @@ def test_bytes_match_under_other_settings(block_io, calib_inputs, name, bits, se
         assert backend.weight_bytes(original, bits) == held, linear_name
 
 
-@pytest.mark.parametrize(
-    ("name", "bits"), LIBRARY_WIDTHS, ids=[f"{n}-{b}" for n, b in LIBRARY_WIDTHS]
-)
+@pytest.mark.parametrize(("name", "bits"), _cases(LIBRARY_WIDTHS))
 def test_eval_dequantized_holds_the_same_bytes_and_weights(block_io, calib_inputs, name, bits):
     """rtn always evaluates dequantized weights; the libraries can, as a switch."""
     block, args, kwargs, _ = block_io
@@ -159,7 +191,7 @@ def test_eval_dequantized_holds_the_same_bytes_and_weights(block_io, calib_input
     assert _snr_db(out_packed, out_plain) > 60  # the same weights, up to the compute dtype
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _cases(NAMES))
 def test_output_error_falls_as_bits_rise(block_io, calib_inputs, name):
     block, args, kwargs, reference = block_io
     backend = _backend(name)
@@ -172,14 +204,14 @@ def test_output_error_falls_as_bits_rise(block_io, calib_inputs, name):
     assert all(lo < hi for lo, hi in zip(snr, snr[1:], strict=False)), by_bits
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if 8 in BACKENDS.get(n).supported_bits])
+@pytest.mark.parametrize("name", _cases([n for n in NAMES if 8 in BACKENDS.get(n).supported_bits]))
 def test_8_bit_output_is_close_to_the_original(block_io, calib_inputs, name):
     block, args, kwargs, reference = block_io
     output = _run(_quantized(block, _backend(name), 8, calib_inputs), args, kwargs)
     assert _snr_db(reference, output) > SNR_FLOOR_8_BITS_DB
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _cases(NAMES))
 def test_16_bits_is_the_identity(block_io, calib_inputs, name):
     block, args, kwargs, reference = block_io
     backend = _backend(name)
@@ -206,7 +238,7 @@ def test_every_backend_has_an_unhandled_shape_case():
     assert set(UNHANDLED) == set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _cases(NAMES))
 def test_a_shape_the_backend_cannot_handle_raises_naming_the_module(name):
     make, bits, phrase = UNHANDLED[name]
     block = torch.nn.Module()
@@ -216,7 +248,7 @@ def test_a_shape_the_backend_cannot_handle_raises_naming_the_module(name):
         with pytest.raises(LwqError, match="whole blocks"):
             _backend(name).quantize(block.proj, bits)
         with pytest.raises(LwqError, match=f"block 7 .*{phrase}"):
-            quantize_block(block, _backend(name), bits, where="block 7 ", inputs=inputs)
+            quantize_block(block, _backend(name), bits, inputs, where="block 7 ")
         return
     with pytest.raises(LwqError, match=phrase):
         _backend(name).quantize(block.proj, bits)
@@ -236,7 +268,7 @@ class _GPT2Like(torch.nn.Module):
         return torch.nn.functional.gelu(self.c_fc(hidden))
 
 
-@pytest.mark.parametrize("name", LIBRARIES)
+@pytest.mark.parametrize("name", _cases(LIBRARIES))
 def test_library_backends_take_conv1d_as_the_equivalent_linear(name):
     """GPT-2's Conv1D quantizes to exactly what the same weights in an nn.Linear give."""
     torch.manual_seed(0)
@@ -266,30 +298,34 @@ def test_a_width_no_backend_of_this_kind_does_names_those_that_can():
         check_bits(_backend("rtn"), 1)
 
 
-@pytest.mark.parametrize("name", LIBRARIES)
+@pytest.mark.parametrize("name", _cases(LIBRARIES))
 def test_applier_installs_library_modules_records_their_bytes_and_restores(ref_model, name):
     model, _ = ref_model
     blocks = find_blocks(model)
     before = {k: v.clone() for k, v in blocks[0].state_dict().items()}
     original = blocks[0]
     backend = _backend(name)
-    variants = variants_for(backend, model, blocks, _calibration(model, ref_model[1], 4, 64))
-    applier = PlanApplier(blocks, backend, variants=variants)
+    sizes = SizeTable(model, blocks, backend)  # from the model as loaded
+    calibration = reference_calibration(ref_model[1], 4, 64)
+    variants = make_variants(backend, lambda: BlockInputs.capture(model, blocks, calibration))
+    applier = PlanApplier(blocks, variants)
     low = min(BACKENDS.get(name).supported_bits)
     full = Plan((FULL_PRECISION,) * len(blocks))
     applier_plan = Plan((low,) + full.bits[1:])
-    applier.apply(applier_plan)
-    assert blocks[0] is not original
-    for linear_name, _ in block_linears(original):
-        assert type(_installed(blocks[0], linear_name)) is not torch.nn.Linear
-    cost = plan_cost(model, blocks, applier_plan, applier.backend)  # from the originals
-    held = sum(
-        applier.backend.held_bytes(_installed(blocks[0], linear_name))
-        for linear_name, _ in block_linears(original)
-    )
-    assert cost.block_bytes[0] == held
-    assert cost.weight_bytes < plan_cost(model, blocks, full, applier.backend).weight_bytes
-    applier.restore()
+    try:  # the shared reference model: put back whatever happens
+        applier.apply(applier_plan)
+        assert blocks[0] is not original
+        for linear_name, _ in block_linears(original):
+            assert type(_installed(blocks[0], linear_name)) is not torch.nn.Linear
+        cost = sizes.cost(applier_plan)
+        held = sum(
+            backend.held_bytes(_installed(blocks[0], linear_name))
+            for linear_name, _ in block_linears(original)
+        )
+        assert cost.block_bytes[0] == held
+        assert cost.weight_bytes < sizes.cost(full).weight_bytes
+    finally:
+        applier.restore()
     assert blocks[0] is original
     assert all(torch.equal(v, blocks[0].state_dict()[k]) for k, v in before.items())
 
@@ -298,7 +334,7 @@ SWEEP_BITS = {"rtn": (4, 2), "bnb": (8, 4), "quanto": (4, 2), "hqq": (4, 2), "gp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _cases(NAMES))
 def test_a_short_sweep_runs_and_records_true_sizes(tmp_path, name):
     high, low = SWEEP_BITS[name]
     cfg = compose_config(
@@ -309,8 +345,7 @@ def test_a_short_sweep_runs_and_records_true_sizes(tmp_path, name):
         f"sweep.low={low}",
     )
     run_sweep(cfg)
-    records = RecordStore(tmp_path / "results" / "ref-tiny" / "records.jsonl").read()
-    points = [r for r in records if r["kind"] == "quantized"]
+    points = [r for r in records(tmp_path) if r["kind"] == "quantized"]
     assert [r["avg_bits"] for r in points] == [high, low]
     assert points[0]["weight_bytes"] > points[1]["weight_bytes"]
     for r in points:

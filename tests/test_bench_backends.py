@@ -1,9 +1,13 @@
 """The backends benchmark covers every backend and width, with sizes that grow with bits."""
 
-from lwq.bench_backends import bench_backends
+import pytest
+
+from bench.backends import bench_backends
 from lwq.quant import BACKENDS
 from lwq.quant.base import FULL_PRECISION
 from tests.conftest import compose_config, small_run_overrides
+
+pytestmark = pytest.mark.slow  # every backend at every width on the reference model
 
 
 def test_every_backend_and_width_is_measured(tmp_path):

@@ -1,67 +1,177 @@
-"""Every config group option composes, resolves and names something that exists."""
+"""The config boundary: every option composes into a checked RunConfig, and bad input from
+the command line is one line on stderr, exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+import yaml
 
+from lwq.commands import COMMANDS as RUNNERS
+from lwq.commands import run
+from lwq.config import COMMANDS, RunConfig
+from lwq.errors import LwqError
 from lwq.metrics import METRICS
 from lwq.quant import BACKENDS, make_backend
 from run import command_words_to_overrides
-from tests.conftest import CONF, ROOT, compose_config
+from tests.conftest import CONF, REF_MODEL, ROOT, compose_config
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+WIDTHS_IT_CAN_DO = {"bnb": ["sweep.high=8", "sweep.low=4"]}  # the default sweep is 4 -> 2
 
 
 def test_every_group_has_options():
-    assert {"model", "metric", "quant", "calib", "eval", "tracking"} <= set(GROUPS)
+    assert {"model", "metric", "quant", "calib", "eval", "tracking", "baseline"} <= set(GROUPS)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_resolves(group, option):
-    cfg = compose_config(f"{group}={option}")
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    assert resolved[group]  # the group is present and non-empty
-    assert cfg.metric.name in METRICS.names()
-    backend = make_backend(cfg.quant.name, **cfg.quant.settings)
+def test_option_composes_into_a_checked_run_config(group, option):
+    run = compose_config(f"{group}={option}", *WIDTHS_IT_CAN_DO.get(option, []))
+    assert isinstance(run, RunConfig)
+    assert run.plain[group]  # the group is present and resolved
+    assert run.metric.name in METRICS.names()
+    backend = make_backend(run.quant.name, **run.quant.settings)
     assert backend.name in BACKENDS.names()
-    assert cfg.tracking.name in ("wandb", "none")
+    assert run.paths.results.is_absolute() and run.paths.data.is_absolute()
 
 
-def test_metric_files_are_named_like_their_registry_key():
-    for path in (CONF / "metric").glob("*.yaml"):
-        assert OmegaConf.load(path).name == path.stem
+def test_option_files_are_named_like_their_registry_key():
+    for group, registry in (("metric", METRICS), ("quant", BACKENDS)):
+        for path in (CONF / group).glob("*.yaml"):
+            assert yaml.safe_load(path.read_text())["name"] == path.stem
+            registry.get(path.stem)
 
 
-def test_the_bare_command_word_becomes_an_override():
+def test_the_command_words_are_the_runners():
+    assert set(COMMANDS) == set(RUNNERS)
     argv = ["model=llama2-13b", "metric=ldi", "sweep"]
     assert command_words_to_overrides(argv) == ["model=llama2-13b", "metric=ldi", "command=sweep"]
 
 
 def test_paper_models_calibrate_and_evaluate_on_wikitext():
-    cfg = compose_config("model=llama2-13b")
-    assert cfg.calib.text == "wikitext2-train" and cfg.eval.text == "wikitext2-test"
-    assert cfg.model.blocks == 40
+    run = compose_config("model=llama2-13b")
+    assert run.calib.text == "wikitext2-train" and run.eval.spec.text == "wikitext2-test"
+    assert run.model.max_length == 2048 and run.eval.spec.max_length == 2048
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("metric=nope", "Could not find 'metric/nope'"),
-        ("sweep.low=1", "cannot do 1 bits"),
-        ("sweep.fractions=[1.5]", "outside [0, 1]"),
-        ("command=plot", "unknown command 'plot'"),
-    ],
-)
-def test_bad_input_is_one_clear_line(tmp_path, override, message):
-    proc = subprocess.run(
-        [sys.executable, "run.py", override, "tracking=none", f"paths.results={tmp_path}"],
+def test_sensitivity_defaults_follow_the_run():
+    run = compose_config("sweep.low=3", "quant=hqq")
+    assert run.sensitivity.settings["bits"] == 3
+    assert [m.name for m in run.compare_metrics] == ["ldi", "zd", "position"]
+    assert run.compare_metrics[0].settings == {"reduce": "token", "batch_size": 8}
+
+
+def test_random_seeds_give_one_spec_per_seed():
+    run = compose_config("metric=random", "metric.seeds=3", "metric.settings.seed=5")
+    assert [m.settings["seed"] for m in run.metric.variants()] == [5, 6, 7]
+
+
+# (overrides, phrase of the one-line message). Each is refused before any model, data or
+# quantizer library loads; the ones after "--- needs the checkpoint's config" are refused
+# after reading config.json, before the weights.
+BAD_INPUT = [
+    (["metric=nope"], "unknown metric 'nope'"),
+    (["model=llama9"], "unknown model 'llama9'"),
+    (["quant=gptqq"], "did you mean 'gptq'"),
+    (["eval=ppx"], "unknown eval 'ppx'"),
+    (["sweep.nope=1"], "unknown config key 'sweep.nope'"),
+    (["command=plot"], "command=plot is not known"),
+    (["device=cuda"], "no CUDA device is visible"),
+    (["device=gpu"], "device=gpu is not a device"),
+    (["model.dtype=float64"], "model.dtype=float64 is not known"),
+    (["calib.text=ref-foo"], "calib.text=ref-foo is not a text source"),
+    (["calib.text=file:/no/such/file.txt"], "no such file"),
+    (["calib.samples=0"], "calib.samples=0 must be a positive integer"),
+    (["calib.seq_len=1"], "calib.seq_len=1 leaves no next token"),
+    (["sweep.low=1"], "cannot do 1 bits"),
+    (["sweep.high=2", "sweep.low=4"], "sweep.low=4 is above sweep.high=2"),
+    (["sweep.fractions=[1.5]"], "outside [0, 1]"),
+    (["sweep.blocks=[-1]"], "numbers of low blocks are 0 or more"),
+    (["metric.settings.reduce=max"], "token or sequence"),
+    (["+metric.settings.nope=1"], "nope is not a setting of metric ldi"),
+    (["metric=zd", "metric.settings.direction=up"], "direction must be one of"),
+    (["+metric.seeds=2"], "metric ldi has no seed"),
+    (["quant.settings.group_size=0"], "group_size must be a positive integer"),
+    (["+quant.settings.bits=4"], "bits is not a setting of quant=rtn"),
+    (["eval.tasks=[boolq]"], "unknown eval task 'boolq'"),
+    (["eval.limit=0"], "eval.limit=0 must be a positive integer"),
+    (["budget=3.25", "budget_bytes=1000"], "not both"),
+    (["budget=3.25", "allowed_bits=[1,2]"], "cannot do 1 bits"),
+    (["budget=40"], "outside (0, 16]"),
+    (["plan_file=/no/such/plan.yaml"], "plan file /no/such/plan.yaml not found"),
+    (["compare_metrics=[ldi,foo]"], "compare_metrics names metric 'foo'"),
+    (["tracking.name=mlflow"], "tracking=mlflow is not known"),
+    (["baseline.name=drop"], "baseline=drop is not known"),
+    (["paths.data=/no/such/dir", "eval=quick"], "benchmark file /no/such/dir"),
+    # --- needs the checkpoint's config (read before the weights)
+    (["calib.seq_len=100000"], "calib.seq_len=100000 is longer than ref-tiny's context of 256"),
+    (["eval.max_length=512"], "eval.max_length=512 is longer than ref-tiny's context of 256"),
+    (["sweep.blocks=[13]"], "sweep.blocks has [13], outside 0..12"),
+    (["model.path=/no/such/model"], "does not exist and is not a hub id"),
+]
+
+
+def _run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    results = tmp_path / "results"
+    return subprocess.run(
+        [sys.executable, "run.py", "tracking=none", f"paths.results={results}", *overrides],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode != 0
-    assert message in proc.stderr, proc.stderr[-2000:]
+
+
+def _results_with_an_earlier_record(tmp_path: Path) -> Path:
+    record = tmp_path / "results" / "ref-tiny" / "records.jsonl"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"point_key": "earlier", "schema": 1}\n')
+    return record
+
+
+def _unchanged(tmp_path: Path, record: Path) -> bool:
+    files = sorted(p.name for p in (tmp_path / "results").rglob("*"))
+    return record.read_text() == '{"point_key": "earlier", "schema": 1}\n' and files == [
+        "records.jsonl",
+        "ref-tiny",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "phrase"), BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT]
+)
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, overrides, phrase):
+    record = _results_with_an_earlier_record(tmp_path)
+    with pytest.raises(LwqError) as refused:
+        results = f"paths.results={tmp_path / 'results'}"
+        run(compose_config("tracking=none", results, f"model.path={REF_MODEL}", *overrides))
+    assert phrase in str(refused.value) and "\n" not in str(refused.value)
+    assert _unchanged(tmp_path, record)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "phrase"), BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT]
+)
+def test_bad_input_on_the_command_line_is_one_line_and_exit_2(tmp_path, overrides, phrase):
+    record = _results_with_an_earlier_record(tmp_path)
+    proc = _run(tmp_path, f"model.path={REF_MODEL}", *overrides)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert phrase in lines[0], lines[0]
+    assert _unchanged(tmp_path, record)
+
+
+def test_a_plan_file_for_another_model_is_refused(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("bits: [4, 2, 4]\n")
+    results = f"paths.results={tmp_path / 'results'}"
+    config = compose_config(results, f"plan_file={plan}", "sweep.fractions=null", "sweep.blocks=[]")
+    with pytest.raises(LwqError, match="plan_file has 3 blocks; ref-tiny has 12"):
+        run(config)

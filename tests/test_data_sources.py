@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from lwq.calibration import calibration_ids
+from lwq.data import calibration_ids, chunk_documents, load_texts, seeded_subset
 from lwq.errors import LwqError
 from lwq.reference.corpus import load_split, split_of
-from lwq.texts import chunk_documents, load_texts, seeded_subset
 
 
 def test_wikitext_test_file_splits_into_articles(data_dir):

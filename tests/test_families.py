@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from lwq.records import RecordStore
-from lwq.sweep import run_sweep
-from tests.conftest import CONF, REF_MODEL, compose_config
+from lwq.commands.sweep import run_sweep
+from tests.conftest import CONF, REF_MODEL, compose_config, records
 from tests.shrunk import FAMILIES, shrunk_from_conf, shrunk_model
+
+pytestmark = pytest.mark.slow  # a whole sweep per family and paper config
 
 PAPER_CONFS = sorted(p for p in (CONF / "model").glob("*.yaml") if p.stem != "ref-tiny")
 CASES = [("family", f) for f in FAMILIES] + [("conf", p.stem) for p in PAPER_CONFS]
@@ -52,11 +53,11 @@ def test_sweep_runs_on_a_shrunk_copy(tmp_path, tokenizer, kind, name):
         f"paths.results={tmp_path / 'results'}",
     )
     written = run_sweep(cfg)
-    records = RecordStore(tmp_path / "results" / f"shrunk-{name}" / "records.jsonl").read()
-    assert len(written) == len(records) == 2
-    blocks = records[0]["n_blocks"]
-    assert blocks == 4 and sorted(records[0]["ranking"]) == list(range(blocks))
-    assert [r["plan"] for r in records] == [[4] * blocks, [3] * blocks]
-    ppl = [r["eval"]["cross_check"]["token_perplexity"] for r in records]
+    written_here = records(tmp_path, f"shrunk-{name}")
+    assert len(written) == len(written_here) == 2
+    blocks = written_here[0]["n_blocks"]
+    assert blocks == 4 and sorted(written_here[0]["ranking"]) == list(range(blocks))
+    assert [r["plan"] for r in written_here] == [[4] * blocks, [3] * blocks]
+    ppl = [r["eval"]["cross_check"]["token_perplexity"] for r in written_here]
     assert ppl[0] != ppl[1]  # the 3-bit model is a different model
-    assert all(r["eval"]["cross_check"]["agrees"] for r in records)
+    assert all(r["eval"]["cross_check"]["agrees"] for r in written_here)

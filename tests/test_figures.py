@@ -7,12 +7,14 @@ import statistics
 
 import pytest
 
+from lwq.commands.sweep import run_sweep
 from lwq.errors import LwqError
 from lwq.figures import build_figures, load_results, main, parse_perf
 from lwq.figures.select import ModelRecords
-from lwq.records import RecordStore
-from lwq.sweep import run_sweep
+from lwq.results.store import RecordStore
 from tests.conftest import compose_config, small_run_overrides
+
+pytestmark = pytest.mark.slow  # real sweeps write the records every figure is drawn from
 
 MODEL = "ref-tiny"
 PPL = ("lwq_ppl_ref_heldout", "byte_perplexity")

@@ -13,25 +13,25 @@ import copy
 import pytest
 import torch
 
-from lwq.apply import PlanApplier, quantize_block
-from lwq.block_inputs import BlockInputs
-from lwq.calibrated import variants_for
-from lwq.calibration import calibration_ids
+from lwq.data import chunk_documents, load_texts, seeded_subset
+from lwq.errors import LwqError
 from lwq.evaluation.perplexity import perplexity
-from lwq.models import find_blocks
+from lwq.modeling.blocks import find_blocks
+from lwq.modeling.capture import BlockInputs
 from lwq.plan import Plan, two_level_plan
 from lwq.quant import make_backend
 from lwq.quant.base import FULL_PRECISION
-from lwq.texts import chunk_documents, load_texts, seeded_subset
-
-
-def _ids(tokenizer, samples=8, seq_len=128, seed=0):
-    texts = load_texts("ref-calib", None)
-    return calibration_ids(texts, tokenizer, samples=samples, seq_len=seq_len, seed=seed)
+from lwq.quant.install import PlanApplier
+from lwq.quant.variants import CalibratedVariants, make_variants, quantize_block
+from tests.conftest import ROOT, reference_calibration
 
 
 def _gptq(**settings):
     return make_backend("gptq", **settings)
+
+
+def _variants(backend, model, blocks, ids):
+    return make_variants(backend, lambda: BlockInputs.capture(model, blocks, ids))
 
 
 def _weights(block) -> dict[str, torch.Tensor]:
@@ -46,7 +46,7 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 @pytest.fixture(scope="module")
 def model_and_ids(ref_model):
     model, tokenizer = ref_model
-    return model, find_blocks(model), _ids(tokenizer, samples=4, seq_len=64)
+    return model, find_blocks(model), reference_calibration(tokenizer, samples=4, seq_len=64)
 
 
 def test_block_inputs_carried_block_by_block_are_the_models_own(model_and_ids):
@@ -74,10 +74,11 @@ def _manual(blocks, ids, model, upto, bits, through):
     for j in range(upto):
         inputs.advance(through(j))
     block = copy.deepcopy(blocks[upto])
-    quantize_block(block, _gptq(), bits, inputs=inputs)
+    quantize_block(block, _gptq(), bits, inputs)
     return block
 
 
+@pytest.mark.slow
 def test_full_precision_mode_builds_each_block_once_per_width_on_the_models_inputs(
     model_and_ids,
 ):
@@ -85,8 +86,8 @@ def test_full_precision_mode_builds_each_block_once_per_width_on_the_models_inpu
     originals = list(blocks)
     n = len(blocks)
     backend = _gptq()
-    variants = variants_for(backend, model, blocks, ids)
-    applier = PlanApplier(blocks, backend, variants=variants)
+    variants = _variants(backend, model, blocks, ids)
+    applier = PlanApplier(blocks, variants)
     order = list(range(n))[::-1]
     try:
         for k in (0, 3, 7, n):  # a sweep: high 4, the k last blocks at 2
@@ -101,11 +102,12 @@ def test_full_precision_mode_builds_each_block_once_per_width_on_the_models_inpu
     assert _same(installed, _manual(originals, ids, model, 3, 2, through=lambda j: originals[j]))
 
 
+@pytest.mark.slow
 def test_sequential_mode_calibrates_each_block_on_the_plans_quantized_blocks(model_and_ids):
     model, blocks, ids = model_and_ids
     n = len(blocks)
     backend = _gptq(inputs="sequential")
-    applier = PlanApplier(blocks, backend, variants=variants_for(backend, model, blocks, ids))
+    applier = PlanApplier(blocks, _variants(backend, model, blocks, ids))
     try:
         applier.apply(Plan((2,) * n))
         installed = list(blocks)
@@ -124,11 +126,11 @@ def test_sequential_mode_calibrates_each_block_on_the_plans_quantized_blocks(mod
         applier.restore()
 
 
-def test_a_calibrated_backend_without_inputs_is_refused(model_and_ids):
-    _, blocks, _ = model_and_ids
-    with pytest.raises(Exception, match="calibrated: give the applier"):
-        PlanApplier(blocks, _gptq())
-    with pytest.raises(Exception, match="needs the calibration inputs of block 3"):
+def test_a_calibrated_backend_gets_calibrated_variants_and_needs_inputs(model_and_ids):
+    model, blocks, ids = model_and_ids
+    assert isinstance(_variants(_gptq(), model, blocks, ids), CalibratedVariants)
+    assert not isinstance(_variants(make_backend("rtn"), model, blocks, ids), CalibratedVariants)
+    with pytest.raises(LwqError, match="needs the calibration inputs entering block 3"):
         quantize_block(copy.deepcopy(blocks[3]), _gptq(), 4, where="block 3 ")
 
 
@@ -146,7 +148,7 @@ def test_bad_settings_name_the_fix(setting, value, phrase):
 
 
 def _heldout_ppl(model, tokenizer) -> float:
-    texts = seeded_subset(chunk_documents(load_texts("ref-heldout", None), 4000), 12, seed=0)
+    texts = seeded_subset(chunk_documents(load_texts("ref-heldout", ROOT), 4000), 12, seed=0)
     return perplexity(model, tokenizer, texts, max_length=256).token_perplexity
 
 
@@ -156,11 +158,11 @@ def test_gptq_beats_round_to_nearest_at_3_and_2_bits_on_heldout_text(ref_model):
     the same group size; GPTQ calibrated on ref-calib, judged on ref-heldout."""
     model, tokenizer = ref_model
     blocks = find_blocks(model)
-    ids = _ids(tokenizer, samples=32, seq_len=256)
-    gptq = _gptq(group_size=128)
+    ids = reference_calibration(tokenizer, samples=32, seq_len=256)
+    rtn = make_backend("rtn", group_size=128)
     appliers = {
-        "gptq": PlanApplier(blocks, gptq, variants=variants_for(gptq, model, blocks, ids)),
-        "rtn": PlanApplier(blocks, make_backend("rtn", group_size=128)),
+        "gptq": PlanApplier(blocks, _variants(_gptq(group_size=128), model, blocks, ids)),
+        "rtn": PlanApplier(blocks, _variants(rtn, model, blocks, ids)),
     }
     ppl = {}
     for bits in (3, 2):
@@ -181,9 +183,12 @@ def test_gptq_beats_round_to_nearest_at_3_and_2_bits_on_heldout_text(ref_model):
 def test_16_bit_plans_touch_nothing_and_build_nothing(model_and_ids):
     model, blocks, ids = model_and_ids
     backend = _gptq()
-    variants = variants_for(backend, model, blocks, ids)
-    applier = PlanApplier(blocks, backend, variants=variants)
+    variants = _variants(backend, model, blocks, ids)
+    applier = PlanApplier(blocks, variants)
     before = list(blocks)
-    applier.apply(Plan((FULL_PRECISION,) * len(blocks)))
+    try:
+        applier.apply(Plan((FULL_PRECISION,) * len(blocks)))
+    finally:
+        applier.restore()
     assert variants.builds == 0
     assert all(a is b for a, b in zip(blocks, before, strict=True))

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from lwq.errors import LwqError
 from lwq.evaluation.harness import Harness, PerplexityTask, lm_eval_version
 from lwq.evaluation.perplexity import perplexity, rolling_windows
+from tests.shrunk import shrunk_model
 
 MAX_LENGTH = 32  # small, so the long text needs several rolling windows
 BATCH_SIZE = 3  # odd, so windows of different lengths share padded batches
@@ -70,22 +71,9 @@ def bos_tokenizer():
     )
 
 
-def tiny_llama(seed: int = 0) -> transformers.LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
 def model():
-    return tiny_llama()
+    return shrunk_model("llama", blocks=2, vocab_size=512)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lwq.memory import peak_memory
+from lwq.runtime import peak_memory
 
 MB = 1 << 20
 

@@ -2,24 +2,19 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from torch.nn import functional as F
 
 from lwq.errors import LwqError
 from lwq.metrics import METRICS, Scores, ranking
+from lwq.metrics.ldi import _BlockDeltas
 from lwq.metrics.zd import outlier_share
+from lwq.quant import make_backend
+from lwq.quant.variants import LinearVariants
+from tests.shrunk import shrunk_model
 
 
 def _tiny_llama(blocks=6, seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=blocks,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return LlamaForCausalLM(config).eval()
+    return shrunk_model("llama", blocks=blocks, seed=seed)
 
 
 class _NearIdentity(torch.nn.Module):
@@ -36,6 +31,8 @@ class _NearIdentity(torch.nn.Module):
 
 
 def _calibration(n=4, seq=16, seed=0):
+    """Random token ids for the random tiny models (the reference corpus' windows are in
+    tests.conftest.reference_calibration)."""
     return torch.randint(0, 128, (n, seq), generator=torch.Generator().manual_seed(seed))
 
 
@@ -61,15 +58,35 @@ def test_ldi_is_finite_deterministic_and_lim_is_the_same():
     assert METRICS.get("lim").canonical == "ldi"
 
 
-def test_ldi_sequence_reduce_differs_only_in_averaging():
-    model = _tiny_llama()
-    blocks = model.model.layers
-    token = METRICS.get("ldi").compute(model, blocks, _calibration(), reduce="token")
-    seq = METRICS.get("ldi").compute(model, blocks, _calibration(), reduce="sequence")
-    # equal-length sequences without padding: the two means coincide
-    assert token.values == pytest.approx(seq.values, rel=1e-5)
+def _delta_by_hand(model, block_index: int, ids: torch.Tensor) -> torch.Tensor:
+    """(B, S) 1 - cos(h_in, h_out) of one block, from the model's own hidden states."""
+    seen = {}
+    block = model.model.layers[block_index]
+    pre = block.register_forward_pre_hook(lambda _m, args: seen.setdefault("in", args[0]))
+    post = block.register_forward_hook(lambda _m, _a, out: seen.setdefault("out", out))
+    with torch.no_grad():
+        model(input_ids=ids)
+    pre.remove()
+    post.remove()
+    out = seen["out"][0] if isinstance(seen["out"], tuple) else seen["out"]
+    return 1 - F.cosine_similarity(seen["in"], out, dim=-1)
+
+
+def test_token_and_sequence_reduce_weigh_sequences_of_different_lengths_differently():
+    model = _tiny_llama(blocks=2)
+    short, long = _calibration(n=1, seq=4, seed=1), _calibration(n=1, seq=24, seed=2)
+    a, b = _delta_by_hand(model, 1, short), _delta_by_hand(model, 1, long)
+    by_token = torch.cat([a.flatten(), b.flatten()]).mean().item()
+    by_sequence = (a.mean() + b.mean()).item() / 2
+    assert abs(by_token - by_sequence) > 1e-4  # the case the setting exists for
+    for reduce, expected in (("token", by_token), ("sequence", by_sequence)):
+        deltas = _BlockDeltas(model.model.layers, reduce)
+        with torch.no_grad():
+            model(input_ids=short)
+            model(input_ids=long)
+        assert deltas.remove()[1] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(LwqError, match="token or sequence"):
-        METRICS.get("ldi").compute(model, blocks, _calibration(), reduce="max")
+        METRICS.get("ldi").compute(model, model.model.layers, _calibration(), reduce="max")
 
 
 def test_zd_matches_a_hand_computed_value():
@@ -125,9 +142,9 @@ def test_sensitivity_is_kl_per_block_falling_with_bits_and_leaves_the_model_inta
     model = _tiny_llama(blocks=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     blocks = model.model.layers
-    quant = {"name": "rtn", "settings": {"group_size": 32}}
+    variants = LinearVariants(make_backend("rtn", group_size=32))
     scores = METRICS.get("sensitivity").compute(
-        model, blocks, _calibration(), bits=2, quant=quant, table_bits=[3, 8]
+        model, blocks, _calibration(), variants=variants, bits=2, table_bits=[3, 8]
     )
     assert scores.values == scores.details["kl@2"] and len(scores.values) == 4
     for i in range(4):
@@ -137,5 +154,5 @@ def test_sensitivity_is_kl_per_block_falling_with_bits_and_leaves_the_model_inta
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(LwqError, match="must not contain 16"):
         METRICS.get("sensitivity").compute(
-            model, blocks, _calibration(), bits=2, quant=quant, table_bits=[16]
+            model, blocks, _calibration(), variants=variants, bits=2, table_bits=[16]
         )

@@ -1,4 +1,4 @@
-"""Contracts of lwq.models on shrunk random models of every supported family."""
+"""Contracts of lwq.modeling on shrunk random models of every supported family."""
 
 from __future__ import annotations
 
@@ -14,15 +14,14 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from lwq.errors import LwqError
-from lwq.models import (
-    ModelNotFoundError,
+from lwq.modeling.blocks import (
     UnsupportedModelError,
     block_linears,
     count_parameters,
     find_blocks,
     input_dim,
-    load_model,
 )
+from lwq.modeling.load import ModelNotFoundError, load_model
 from tests.shrunk import shrunk_from_conf, shrunk_model
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"

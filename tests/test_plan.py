@@ -41,3 +41,14 @@ def test_bad_plans_are_refused():
         two_level_plan([0, 0, 1], 1, high=4, low=2)
     with pytest.raises(LwqError, match="swap them"):
         two_level_plan([0, 1], 1, high=2, low=4)
+
+
+def test_the_plan_is_pure_data_code():
+    """Plans and the allocator are pure: importing them pulls in no torch (a planning tool or
+    a dry run can use them without it)."""
+    import subprocess
+    import sys
+
+    code = "import sys, lwq.plan, lwq.allocate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from lwq.errors import LwqError
-from lwq.records import RecordStore
+from lwq.results.store import RecordStore
 
 
 def test_append_then_read_back(tmp_path):

@@ -20,6 +20,7 @@ def test_card_shows_it_beats_a_unigram_model_tenfold(card):
     assert card["heldout_perplexity"] <= card["unigram_heldout_perplexity"] / 10
 
 
+@pytest.mark.slow
 def test_card_perplexity_is_what_the_committed_weights_give(card, ref_model):
     model, tokenizer = ref_model
     texts = [d.text for d in load_split("heldout")]
@@ -36,6 +37,7 @@ def test_shape_suits_every_backend(ref_model):
             assert module.in_features % 64 == 0 and module.out_features % 64 == 0, name
 
 
+@pytest.mark.slow
 def test_training_is_deterministic():
     texts = [d.text for d in load_split("calib")][:5]
     cfg = TrainConfig(

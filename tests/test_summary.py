@@ -1,4 +1,4 @@
-from lwq.summary import format_table
+from lwq.results.table import format_table
 
 
 def _record(kind, k, avg_bits, ppl):

@@ -6,13 +6,11 @@ import json
 
 import pytest
 
-from lwq.records import RecordStore
-from lwq.sweep import run_sweep
+from lwq.commands.sweep import run_sweep
 from tests.conftest import compose_config, small_run_overrides
+from tests.conftest import records as _records
 
-
-def _records(tmp_path, model="ref-tiny"):
-    return RecordStore(tmp_path / "results" / model / "records.jsonl").read()
+pytestmark = pytest.mark.slow  # whole sweeps on the reference model
 
 
 def _ppl(record):
@@ -73,11 +71,31 @@ def test_fraction_zero_with_16_bit_high_is_the_unquantized_model(tmp_path):
     assert _ppl(point) == _ppl(reference)
 
 
+# The fields records had before the run layer was rewritten (commit 91d735d): figures,
+# resume and anyone's analysis scripts read them.
+POINT_FIELDS = {
+    "schema", "model", "quant", "eval_provenance", "versions", "device", "config",
+    "kind", "k", "avg_bits", "point_key", "eval", "eval_memory", "seconds", "time",
+}  # fmt: skip
+PLAN_FIELDS = {
+    "n_blocks", "fraction", "high", "low", "plan", "bits_per_weight", "weight_bytes",
+    "block_bytes", "quantize_seconds", "quantize_memory",
+}  # fmt: skip
+ORDERING_FIELDS = {
+    "metric", "metric_canonical", "metric_settings", "reverse", "baseline", "scores",
+    "higher_is_important", "ranking", "sweep_id", "low_blocks",
+}  # fmt: skip
+
+
 def test_records_carry_what_figures_and_reruns_need(first_sweep):
     tmp_path, _ = first_sweep
-    record = next(r for r in _records(tmp_path) if r["kind"] == "quantized")
-    for key in ("scores", "ranking", "plan", "weight_bytes", "sweep_id", "versions", "config"):
-        assert key in record
+    records = _records(tmp_path)
+    reference = next(r for r in records if r["kind"] == "reference")
+    record = next(r for r in records if r["kind"] == "quantized")
+    assert set(reference) == POINT_FIELDS
+    assert set(record) == POINT_FIELDS | PLAN_FIELDS | ORDERING_FIELDS
     assert record["config"]["metric"]["name"] == "ldi"
+    assert record["config"]["paths"]["results"] == str(tmp_path / "results")
     assert sorted(record["ranking"]) == list(range(12))
+    assert record["low_blocks"] == sorted(record["ranking"][: record["k"]])
     json.dumps(record)  # plain JSON all the way down

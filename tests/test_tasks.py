@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
+from lwq.data import seeded_subset
 from lwq.errors import LwqError
 from lwq.evaluation.harness import Harness, task_config
 from lwq.evaluation.local_data import read_local
 from lwq.evaluation.suite import EvalSpec, Suite
 from lwq.evaluation.tasks import BENCHMARKS, benchmark_task
-from lwq.texts import seeded_subset
 from tests.conftest import REF_MODEL, ROOT
 
 LIMIT = 30  # items per task: at chance, P(acc == 0) on 4 choices is 0.75**30 ~ 2e-4
@@ -75,6 +75,7 @@ def test_subsets_are_seeded_and_the_same_at_every_build(data_dir):
     assert docs(0) != docs(1)
 
 
+@pytest.mark.slow
 def test_every_local_task_gives_sane_numbers(result, suite):
     tasks = result["tasks"]
     assert set(tasks) == set(BENCHMARKS.names())
@@ -97,6 +98,7 @@ def test_every_local_task_gives_sane_numbers(result, suite):
     assert result["cross_check"] is None
 
 
+@pytest.mark.slow
 def test_average_is_the_mean_over_the_accuracy_tasks(result):
     tasks, average = result["tasks"], result["average"]
     acc_tasks = [*ACCURACY_TASKS, "lambada_openai"]
@@ -105,6 +107,7 @@ def test_average_is_the_mean_over_the_accuracy_tasks(result):
     assert average["acc_norm"] == pytest.approx(sum(tasks[t]["acc_norm"] for t in norm_tasks) / 4)
 
 
+@pytest.mark.slow
 def test_provenance_names_versions_and_items(suite, result):
     provenance = suite.provenance()
     assert provenance["lm_eval_version"] == "0.4.13" and provenance["source"] == "local"
@@ -115,6 +118,7 @@ def test_provenance_names_versions_and_items(suite, result):
     json.dumps(provenance)
 
 
+@pytest.mark.slow
 def test_reused_tasks_give_simple_evaluates_numbers(suite, result, ref_model):
     """Requests rendered once and reused == lm-eval's own simple_evaluate on fresh tasks."""
     import lm_eval
@@ -130,13 +134,13 @@ def test_reused_tasks_give_simple_evaluates_numbers(suite, result, ref_model):
         bootstrap_iters=suite.spec.bootstrap_iters,
         log_samples=False,
     )
-    for name in names:
+    expected_metrics = {"arc_easy": ("acc", "acc_norm"), "lambada_openai": ("acc", "perplexity")}
+    for name, metrics in expected_metrics.items():
         theirs = out["results"][name]
-        for metric in ("acc", "acc_norm", "perplexity"):
-            if f"{metric},none" in theirs:
-                assert result["tasks"][name][metric] == pytest.approx(
-                    theirs[f"{metric},none"], rel=1e-6
-                ), (name, metric)
+        for metric in metrics:
+            assert result["tasks"][name][metric] == pytest.approx(
+                theirs[f"{metric},none"], rel=1e-6
+            ), (name, metric)
 
 
 def _independent_items(name: str, data_dir) -> list[tuple[str, list[str], int]]:
@@ -185,6 +189,7 @@ def _loglikelihoods(model, tokenizer, context: str, continuations: list[str]) ->
     return sums
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["arc_easy", "piqa"])
 def test_accuracy_agrees_with_an_independent_count(name, result, ref_model, data_dir):
     model, tokenizer = ref_model
@@ -212,6 +217,7 @@ def test_unknown_task_is_one_line_with_a_suggestion():
         spec()
 
 
+@pytest.mark.slow
 def test_unknown_task_from_the_command_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "run.py", "eval=quick", "eval.tasks=[piqa,hellaswga]"]
@@ -252,16 +258,16 @@ def test_harness_refuses_a_limit_on_top_of_hub_subsets(tmp_path):
         Harness([task], workdir=tmp_path, batch_size=2, max_length=8, limit=3)
 
 
+@pytest.mark.slow
 def test_a_quick_sweep_records_tasks_average_and_provenance(tmp_path):
-    from lwq.records import RecordStore
-    from lwq.sweep import run_sweep
-    from tests.conftest import compose_config, small_run_overrides
+    from lwq.commands.sweep import run_sweep
+    from tests.conftest import compose_config, records, small_run_overrides
 
     overrides = [*small_run_overrides(tmp_path), "eval=quick", "eval.limits={wikitext: 1}"]
     run_sweep(compose_config(*overrides, "sweep.fractions=[0]"))
-    records = RecordStore(tmp_path / "results" / "ref-tiny" / "records.jsonl").read()
-    assert [r["kind"] for r in records] == ["reference", "quantized"]
-    for record in records:
+    written = records(tmp_path)
+    assert [r["kind"] for r in written] == ["reference", "quantized"]
+    for record in written:
         assert set(record["eval"]["tasks"]) == {"wikitext", "arc_easy", "piqa"}
         assert set(record["eval"]["average"]) == {"acc", "acc_norm"}
         assert record["eval"]["cross_check"] is None

@@ -1,8 +1,12 @@
 """Tracking mirrors the records: one wandb run per sweep, one logged step per point."""
 
-import lwq.session
-import lwq.sweep
-from lwq.tracking import WandbTracker
+import os
+
+import pytest
+
+import lwq.commands.context
+from lwq.commands.sweep import run_sweep
+from lwq.results.tracking import WandbTracker
 from tests.conftest import compose_config, small_run_overrides
 
 
@@ -17,11 +21,12 @@ class RecordingTracker:
         self.finished = True
 
 
+@pytest.mark.slow
 def test_one_step_per_evaluated_point(tmp_path, monkeypatch):
     tracker = RecordingTracker()
-    monkeypatch.setattr(lwq.session, "make_tracker", lambda kind, **settings: tracker)
+    monkeypatch.setattr(lwq.commands.context, "make_tracker", lambda kind, **settings: tracker)
     cfg = compose_config(*small_run_overrides(tmp_path), "sweep.fractions=[0,1]")
-    written = lwq.sweep.run_sweep(cfg)
+    written = run_sweep(cfg)
     assert [s for s, _ in tracker.steps] == list(range(len(written))) == [0, 1, 2]
     assert [v["k"] for _, v in tracker.steps] == [-1, 0, 12]
     first = written[1]["eval"]["cross_check"]["token_perplexity"]
@@ -29,12 +34,33 @@ def test_one_step_per_evaluated_point(tmp_path, monkeypatch):
     assert tracker.finished
 
 
-def test_wandb_offline_writes_a_local_run(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    tracker = WandbTracker(
-        project="lwq-test", name="t", config={"a": 1}, mode="offline", dir=tmp_path
-    )
+class FakeRun:
+    def __init__(self, **init):
+        self.init, self.logged, self.finished = init, [], False
+
+    def log(self, values, step):
+        self.logged.append((step, values))
+
+    def finish(self):
+        self.finished = True
+
+
+def test_wandb_tracker_hands_wandb_the_run_and_every_step(tmp_path, monkeypatch):
+    """What lwq gives wandb (wandb itself is not under test): one run with the resolved
+    config under the results dir, offline unless WANDB_MODE says otherwise, each step."""
+    import wandb
+
+    runs = []
+    monkeypatch.setattr(wandb, "init", lambda **init: runs.append(FakeRun(**init)) or runs[-1])
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    tracker = WandbTracker(project="lwq", name="t", config={"a": 1}, mode="offline", dir=tmp_path)
     tracker.log(0, {"x": 1.0})
+    tracker.log(1, {"x": 2.0, "k": 3})
     tracker.finish()
-    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    (run,) = runs
+    assert run.init == {"project": "lwq", "name": "t", "config": {"a": 1}, "dir": str(tmp_path)}
+    assert run.logged == [(0, {"x": 1.0}), (1, {"x": 2.0, "k": 3})] and run.finished
+    assert os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "online")  # the environment wins over the config
+    WandbTracker(project="lwq", name="u", config={}, mode="offline", dir=tmp_path)
+    assert os.environ["WANDB_MODE"] == "online"

@@ -28,9 +28,9 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from lwq.data import seeded_subset
 from lwq.errors import LwqError
 from lwq.evaluation.kinds import TASK_VERSION, BuiltinTask, PerplexityTask
-from lwq.texts import seeded_subset
 
 __all__ = ["TASK_VERSION", "BuiltinTask", "Harness", "PerplexityTask", "lm_eval_version"]
 
@@ -271,7 +271,12 @@ def _go_offline() -> None:
 
 
 def _quiet_lm_eval() -> None:
+    """lm-eval's info lines and `datasets`' "Generating test split" bars say nothing a
+    sweep's own progress does not."""
+    import datasets
+
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    datasets.disable_progress_bars()
 
 
 def _write_if_changed(path: Path, text: str) -> None:

@@ -22,9 +22,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from lwq.data import WIKITEXT_TEST, wikitext_articles
 from lwq.errors import LwqError
 from lwq.registry import Registry
-from lwq.texts import WIKITEXT_TEST, wikitext_articles
 
 Reader = Callable[[Path], list[dict]]
 READERS: Registry[Reader] = Registry("local benchmark")

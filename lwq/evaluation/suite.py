@@ -14,11 +14,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lwq.data import chunk_documents, load_texts, seeded_subset
 from lwq.errors import LwqError
 from lwq.evaluation.harness import Harness, PerplexityTask, lm_eval_version
 from lwq.evaluation.perplexity import perplexity
 from lwq.evaluation.tasks import averaged, benchmark_task, check_tasks
-from lwq.texts import chunk_documents, load_texts, seeded_subset
 
 CROSS_CHECK_TOLERANCE = 1e-3  # relative; float32 batching noise is ~1e-6
 AVERAGED_METRICS = ("acc", "acc_norm")

@@ -16,11 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lwq.data import seeded_subset
 from lwq.errors import LwqError
 from lwq.evaluation.kinds import BuiltinTask
 from lwq.evaluation.local_data import read_local
 from lwq.registry import Registry
-from lwq.texts import seeded_subset
 
 SOURCES = ("local", "hub")
 

@@ -21,7 +21,7 @@ from lwq.figures.blocks import blocks_figure, intersec_figure, scores_figure
 from lwq.figures.select import ModelRecords, Perf, load_results, parse_perf
 from lwq.figures.style import FORMATS, Drawn, save
 from lwq.figures.sweeps import bits_figure, removal_figure, size_figure
-from lwq.paths import PROJECT_ROOT, resolve_path
+from lwq.runtime import PROJECT_ROOT, resolve_path
 
 
 @dataclass(frozen=True)

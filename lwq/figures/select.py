@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lwq.errors import LwqError
-from lwq.records import RecordStore
+from lwq.results.store import RecordStore
 
 _NOT_IN_SETTING = ("batch_size", "cross_check")  # change speed or extras, not the numbers
 _LOWER_IS_BETTER = ("perplexity", "bits_per_byte")

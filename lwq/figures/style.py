@@ -9,6 +9,7 @@ colour and is drawn dashed. Figures are built on `matplotlib.figure.Figure` dire
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,9 @@ METRIC_COLOURS = {
     "random": "#7f7f7f",  # random order: grey
     "position": "#2ca02c",  # position prior: green
 }
-# Metrics added later get the unused tab10 colours, in order of first use.
+# Other metrics get one of the unused tab10 colours, picked by a hash of the name, so a
+# metric has the same colour in every figure and every process.
 _SPARE_COLOURS = ["#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#d62728"]
-_assigned: dict[str, str] = {}
 
 METRIC_LABELS = {"ldi": "LIM (ldi)", "zd": "ZD", "random": "random", "position": "position"}
 
@@ -53,12 +54,11 @@ FORMATS = ("png", "pdf")
 
 
 def metric_colour(metric: str) -> str:
-    """The colour of a canonical metric name; stable within one process."""
+    """The colour of a canonical metric name, the same everywhere."""
     if metric in METRIC_COLOURS:
         return METRIC_COLOURS[metric]
-    if metric not in _assigned:
-        _assigned[metric] = _SPARE_COLOURS[len(_assigned) % len(_SPARE_COLOURS)]
-    return _assigned[metric]
+    index = int(hashlib.sha256(metric.encode()).hexdigest(), 16) % len(_SPARE_COLOURS)
+    return _SPARE_COLOURS[index]
 
 
 def backend_colour(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,17 +22,35 @@ class Scores:
     details: dict[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
 
 
+def _no_check(settings: dict) -> None:
+    """Settings a metric accepts by name only (their values need no check before a run)."""
+
+
 @dataclass(frozen=True)
 class Metric:
     """`compute(model, blocks, calibration, **settings) -> Scores`.
 
     `canonical` names the quantity (aliases share it, and so share cached scores);
-    `needs_calibration` says whether `calibration` (token ids) must be given.
+    `needs_calibration` says whether `calibration` (token ids) must be given;
+    `needs_quantizer` says whether it quantizes blocks itself, in which case the run's
+    block variants (lwq.quant.variants) are passed as `variants=`. `check(settings)`
+    refuses bad setting values before anything loads.
     """
 
     canonical: str
     compute: Callable[..., Scores]
     needs_calibration: bool
+    needs_quantizer: bool = False
+    check: Callable[[dict], None] = _no_check
+
+    def setting_names(self) -> list[str]:
+        """The settings `compute` takes (keyword parameters after its inputs)."""
+        inputs = {"model", "blocks", "calibration", "variants"}
+        return [
+            p.name
+            for p in inspect.signature(self.compute).parameters.values()
+            if p.name not in inputs and p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
 
 
 METRICS: Registry[Metric] = Registry("metric")

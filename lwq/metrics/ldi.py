@@ -13,6 +13,8 @@ from torch.nn import functional as F
 from lwq.errors import LwqError
 from lwq.metrics.base import METRICS, Metric, Scores
 
+REDUCTIONS = ("token", "sequence")
+
 
 def _hidden(value) -> torch.Tensor:
     """The hidden states in a block's input args or output (tensor, or tuple led by it)."""
@@ -63,8 +65,7 @@ def ldi_scores(
     model, blocks, calibration: torch.Tensor, *, reduce: str = "token", batch_size: int = 8
 ) -> Scores:
     """Mean 1 - cos(h_in, h_out) per block over `calibration` (N, S) token ids."""
-    if reduce not in ("token", "sequence"):
-        raise LwqError(f"metric.settings.reduce must be token or sequence, got {reduce!r}")
+    check_ldi({"reduce": reduce, "batch_size": batch_size})
     device = next(model.parameters()).device
     deltas = _BlockDeltas(blocks, reduce)
     try:
@@ -75,4 +76,13 @@ def ldi_scores(
     return Scores(tuple(values), higher_is_important=True)
 
 
-METRICS.register("ldi", "lim")(Metric("ldi", ldi_scores, needs_calibration=True))
+def check_ldi(settings: dict) -> None:
+    reduce = settings.get("reduce", "token")
+    if reduce not in REDUCTIONS:
+        raise LwqError(f"metric.settings.reduce must be token or sequence, got {reduce!r}")
+    batch_size = settings.get("batch_size", 8)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise LwqError(f"metric.settings.batch_size must be a positive integer, got {batch_size!r}")
+
+
+METRICS.register("ldi", "lim")(Metric("ldi", ldi_scores, needs_calibration=True, check=check_ldi))

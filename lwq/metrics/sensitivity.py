@@ -1,10 +1,11 @@
 """Measured sensitivity: the ground truth the cheap scores (LIM, ZD) are judged against.
 
-For each block alone, quantize it (the configured backend, `bits`) and measure the mean
+For each block alone, quantize it (the run's backend, `bits`) and measure the mean
 KL divergence KL(p_full || p_quantized) of the next-token distribution over the
 calibration tokens, plus the perplexity ratio. Costs one forward pass over the
 calibration set per (block, bit-width); the full-precision log-probabilities are computed
-once and kept on the host.
+once and kept on the host. The blocks come from the run's own variant source, so a
+calibrated backend (GPTQ) builds each (block, bits) once for the metric and the sweep.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import math
 import torch
 from torch.nn import functional as F
 
-from lwq.apply import PlanApplier
-from lwq.calibrated import variants_for
 from lwq.errors import LwqError
 from lwq.metrics.base import METRICS, Metric, Scores
 from lwq.plan import Plan
-from lwq.quant.base import FULL_PRECISION, make_backend
+from lwq.quant.base import FULL_PRECISION
+from lwq.quant.install import PlanApplier
+from lwq.quant.variants import Variants
 
 
 @torch.no_grad()
@@ -53,22 +54,22 @@ def sensitivity_scores(
     blocks,
     calibration: torch.Tensor,
     *,
+    variants: Variants,
     bits: int,
-    quant: dict,
     table_bits: list[int] | None = None,
     batch_size: int = 8,
 ) -> Scores:
     """KL at `bits` per block (higher = more important); `details` has `kl@b` and `ppl@b`
-    for every b in `table_bits` (and `bits`), plus the full-precision `ppl@16`."""
+    for every b in `table_bits` (and `bits`), plus the full-precision `ppl@16`.
+
+    `variants` builds the quantized blocks (the run's backend); the model is left as given.
+    """
+    check_sensitivity({"bits": bits, "table_bits": table_bits})
     widths = sorted({bits, *(table_bits or [])})
-    if FULL_PRECISION in widths:
-        raise LwqError("metric.settings.table_bits must not contain 16 (that is the reference)")
-    backend = make_backend(quant["name"], **quant.get("settings", {}))
     reference = _logprobs(model, calibration, batch_size)
     _, ref_nll = _kl_and_nll(reference, reference, calibration)
     details: dict[str, list[float]] = {f"{kind}@{b}": [] for b in widths for kind in ("kl", "ppl")}
-    variants = variants_for(backend, model, blocks, calibration, batch_size)  # GPTQ's inputs
-    applier = PlanApplier(blocks, backend, variants=variants)
+    applier = PlanApplier(blocks, variants)
     try:
         for i in range(len(blocks)):
             for b in widths:
@@ -86,4 +87,19 @@ def sensitivity_scores(
     return Scores(tuple(details[f"kl@{bits}"]), True, {k: tuple(v) for k, v in details.items()})
 
 
-METRICS.register("sensitivity")(Metric("sensitivity", sensitivity_scores, needs_calibration=True))
+def check_sensitivity(settings: dict) -> None:
+    if FULL_PRECISION in {settings.get("bits"), *(settings.get("table_bits") or [])}:
+        raise LwqError(
+            "metric.settings bits and table_bits must not contain 16 (that is the reference)"
+        )
+
+
+METRICS.register("sensitivity")(
+    Metric(
+        "sensitivity",
+        sensitivity_scores,
+        needs_calibration=True,
+        needs_quantizer=True,
+        check=check_sensitivity,
+    )
+)

@@ -11,7 +11,7 @@ import torch
 
 from lwq.errors import LwqError
 from lwq.metrics.base import METRICS, Metric, Scores
-from lwq.models import block_linears
+from lwq.modeling.blocks import block_linears
 
 DIRECTIONS = ("smaller_is_important", "larger_is_important")
 
@@ -33,8 +33,7 @@ def zd_scores(
     direction: str = "smaller_is_important",
 ) -> Scores:
     """Pooled |z| > threshold share per block; needs no data, only the weights."""
-    if direction not in DIRECTIONS:
-        raise LwqError(f"metric.settings.direction must be one of {DIRECTIONS}, got {direction!r}")
+    check_zd({"threshold": threshold, "direction": direction})
     values = []
     for block in blocks:
         counts = [outlier_share(m.weight, threshold) for _, m in block_linears(block)]
@@ -42,4 +41,13 @@ def zd_scores(
     return Scores(tuple(values), higher_is_important=direction == "larger_is_important")
 
 
-METRICS.register("zd")(Metric("zd", zd_scores, needs_calibration=False))
+def check_zd(settings: dict) -> None:
+    direction = settings.get("direction", "smaller_is_important")
+    if direction not in DIRECTIONS:
+        raise LwqError(f"metric.settings.direction must be one of {DIRECTIONS}, got {direction!r}")
+    threshold = settings.get("threshold", 1.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold < 0:
+        raise LwqError(f"metric.settings.threshold must be a number >= 0, got {threshold!r}")
+
+
+METRICS.register("zd")(Metric("zd", zd_scores, needs_calibration=False, check=check_zd))

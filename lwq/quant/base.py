@@ -15,7 +15,7 @@ bitsandbytes' float32 absmax) costs its own size.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from transformers.pytorch_utils import Conv1D
@@ -30,6 +30,9 @@ MODEL_DTYPE_BYTES = 2  # a tensor in the model's own dtype, counted as a 16-bit 
 class Backend(Protocol):
     name: str
     supported_bits: frozenset[int]
+    # True: quantizes whole blocks on the hidden states entering them (CalibratedBackend);
+    # the run then builds its blocks through lwq.quant.variants.CalibratedVariants.
+    calibrated: ClassVar[bool]
 
     def settings(self) -> dict:
         """Everything that changes the result; goes into record keys and caches."""
@@ -46,6 +49,18 @@ class Backend(Protocol):
 
     def weight_bytes(self, module: torch.nn.Module, bits: int) -> int:
         """Bytes the original `module` would hold at `bits`, from shapes (for planning)."""
+
+
+class CalibratedBackend(Backend, Protocol):
+    """A backend that needs the calibration inputs of each block (GPTQ)."""
+
+    inputs: str  # full_precision | sequential: which hidden states a block is calibrated on
+
+    def quantize_block(self, block: torch.nn.Module, bits: int, inputs) -> None:
+        """Quantize every linear of `block` (mutated) on `inputs`, the BlockInputs entering it."""
+
+    def for_eval(self, block: torch.nn.Module) -> torch.nn.Module:
+        """`block` (a copy of a built variant, mutated) made ready to evaluate."""
 
 
 BACKENDS: Registry[type] = Registry("quant backend")
@@ -143,6 +158,7 @@ class LibraryBackend:
 
     name: str
     eval_dequantized: bool
+    calibrated = False
 
     @torch.no_grad()
     def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:

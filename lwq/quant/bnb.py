@@ -19,7 +19,7 @@ import math
 import torch
 
 from lwq.errors import LwqError
-from lwq.models import linear_shape
+from lwq.modeling.blocks import linear_shape
 from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,

@@ -8,7 +8,7 @@ linear's X (all linears of a block see full-precision sublayers before them), th
 linear is quantized by gptqmodel's `GPTQ` and packed into its `TorchLinear` (the GPTQ
 checkpoint format: int32-packed codes, int32-packed zero points, float16 scales, an int32
 group index per input feature). Which inputs enter a block (those of the full-precision
-model, or those of the already-quantized blocks before it) is lwq.calibrated's choice.
+model, or those of the already-quantized blocks before it) is lwq.quant.variants' choice.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import os
 
 import torch
 
-from lwq.block_inputs import BlockInputs
-from lwq.device import pick_device
 from lwq.errors import LwqError
-from lwq.models import block_linears, linear_shape
+from lwq.modeling.blocks import block_linears, linear_shape
+from lwq.modeling.capture import BlockInputs
 from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,
@@ -31,6 +30,7 @@ from lwq.quant.base import (
     full_precision_bytes,
     installed_bytes,
 )
+from lwq.runtime import pick_device
 
 INT32 = 4
 FLOAT16 = 2
@@ -55,7 +55,7 @@ class GPTQBackend:
 
     name = "gptq"
     supported_bits = frozenset({2, 3, 4, 8, FULL_PRECISION})
-    calibrated = True  # needs the inputs entering each block (lwq.calibrated)
+    calibrated = True  # needs the inputs entering each block (lwq.quant.variants)
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ import math
 import torch
 
 from lwq.errors import LwqError
-from lwq.models import input_dim
+from lwq.modeling.blocks import input_dim
 from lwq.quant.base import BACKENDS, FULL_PRECISION, bias_bytes, full_precision_bytes
 
 BITS_ATTR = "lwq_rtn_bits"  # set on a quantized module: the width its weights are on
@@ -53,6 +53,7 @@ class RTN:
 
     name = "rtn"
     supported_bits = frozenset({2, 3, 4, 5, 6, 7, 8, FULL_PRECISION})
+    calibrated = False
 
     def __init__(self, group_size: int = 128) -> None:
         if group_size < 1:

@@ -1,4 +1,5 @@
-"""Importance scores computed once and cached on disk per (model, calibration, metric, settings)."""
+"""Importance scores computed once and cached on disk, one file per score key
+(lwq.results.keys.score_key: model, calibration, metric, settings)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,7 @@ import os
 from pathlib import Path
 
 from lwq.errors import LwqError
-from lwq.metrics import METRICS, Scores
-
-
-def cache_key(model_id: dict, metric: str, settings: dict, calibration: dict | None) -> dict:
-    """Everything the scores depend on. Aliases (lim/ldi) share the canonical name."""
-    return {
-        "model": model_id,
-        "metric": METRICS.get(metric).canonical,
-        "settings": settings,
-        "calibration": calibration if METRICS.get(metric).needs_calibration else None,
-    }
+from lwq.metrics.base import Scores
 
 
 def _path(cache_dir: Path, key: dict) -> Path:

@@ -1,5 +1,6 @@
-"""Named text sources for calibration and perplexity, resolved the same way everywhere.
+"""Text for calibration and perplexity: named sources, pieces, seeded subsets and windows.
 
+Named sources, resolved the same way everywhere:
 - `ref-train`, `ref-calib`, `ref-heldout`: splits of the standard-library corpus that
   the embedded reference model was trained on (lwq.reference.corpus).
 - `wikitext2-test`: the local WikiText-2 raw test file under the data directory
@@ -14,11 +15,27 @@ import random
 import re
 from pathlib import Path
 
+import torch
+
 from lwq.errors import LwqError
-from lwq.reference.corpus import load_split
+from lwq.reference.corpus import SPLITS, load_split
 
 WIKITEXT_TEST = "wikitext-2-raw/wiki.test.raw"
+NAMED_SOURCES = (*(f"ref-{split}" for split in SPLITS), "wikitext2-test", "wikitext2-train")
 _ARTICLE_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def check_text_source(source: str, key: str) -> None:
+    """Refuse an unknown source name, or a `file:` source whose file is missing, naming `key`."""
+    if isinstance(source, str) and source.startswith("file:"):
+        path = Path(source.removeprefix("file:")).expanduser()
+        if not path.is_file():
+            raise LwqError(f"{key}={source}: no such file; give file:<path to a UTF-8 text>")
+        return
+    if source not in NAMED_SOURCES:
+        raise LwqError(
+            f"{key}={source} is not a text source; use {', '.join(NAMED_SOURCES)} or file:<path>"
+        )
 
 
 def load_texts(source: str, data_dir: Path) -> list[str]:
@@ -31,10 +48,7 @@ def load_texts(source: str, data_dir: Path) -> list[str]:
         return _hub_wikitext("train")
     if source.startswith("file:"):
         return [_read(Path(source.removeprefix("file:")), "calib.text=file:<path>")]
-    raise LwqError(
-        f"unknown text source {source!r}; use ref-train, ref-calib, ref-heldout, "
-        "wikitext2-test, wikitext2-train or file:<path>"
-    )
+    raise LwqError(f"unknown text source {source!r}; use {', '.join(NAMED_SOURCES)} or file:<path>")
 
 
 def _read(path: Path, how_to_point: str) -> str:
@@ -82,7 +96,7 @@ def chunk_documents(texts: list[str], max_chars: int) -> list[str]:
     return chunks
 
 
-def seeded_subset(items: list[str], limit: int | None, seed: int) -> list[str]:
+def seeded_subset(items: list, limit: int | None, seed: int) -> list:
     """The same `limit` items for every point of a sweep (a seeded sample, kept in order)."""
     if limit is None or limit >= len(items):
         return list(items)
@@ -90,3 +104,25 @@ def seeded_subset(items: list[str], limit: int | None, seed: int) -> list[str]:
         raise LwqError(f"limit must be at least 1 (got {limit}); use null for all items")
     picked = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in picked]
+
+
+def calibration_ids(texts: list[str], tokenizer, *, samples: int, seq_len: int, seed: int):
+    """`samples` windows of `seq_len` tokens, drawn with a seed from the texts joined by EOS.
+
+    Returns a (samples, seq_len) long tensor on the CPU; no padding, so every token counts.
+    """
+    sep = tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if sep is not None:
+            ids.append(sep)
+    if len(ids) <= seq_len:
+        raise LwqError(
+            f"calibration text has {len(ids)} tokens, fewer than calib.seq_len={seq_len}; "
+            "use a longer text or a smaller calib.seq_len"
+        )
+    stream = torch.tensor(ids, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - seq_len, (samples,), generator=gen)
+    return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])

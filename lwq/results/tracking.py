@@ -42,3 +42,16 @@ def make_tracker(kind: str, **settings):
     if kind == "wandb":
         return WandbTracker(**settings)
     raise LwqError(f"unknown tracking {kind!r}; use tracking=wandb or tracking=none")
+
+
+def tracked_values(record: dict) -> dict:
+    """What a tracker logs for one record: every metric, flattened, and the x-axes
+    (points without a k log k = -1)."""
+    result = record["eval"]
+    flat = {f"{task}/{m}": v for task, ms in result["tasks"].items() for m, v in ms.items()}
+    for metric, value in (result.get("average") or {}).items():
+        flat[f"average/{metric}"] = value
+    if result.get("cross_check"):
+        flat["cross_check/token_perplexity"] = result["cross_check"]["token_perplexity"]
+    k = record.get("k")
+    return flat | {"k": -1 if k is None else k, "avg_bits": record["avg_bits"]}

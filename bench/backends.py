@@ -9,19 +9,18 @@ from __future__ import annotations
 import time
 
 import torch
-from omegaconf import OmegaConf
 
-from lwq.apply import PlanApplier
-from lwq.calibrated import variants_for
-from lwq.calibration import calibration_ids
-from lwq.cost import plan_cost
+from lwq.commands.context import load
+from lwq.config import RunConfig, compose_run
+from lwq.data import calibration_ids, chunk_documents, load_texts, seeded_subset
 from lwq.evaluation.perplexity import perplexity
-from lwq.paths import PROJECT_ROOT, resolve_path
+from lwq.modeling.capture import BlockInputs
 from lwq.plan import Plan
 from lwq.quant import BACKENDS, make_backend
 from lwq.quant.base import FULL_PRECISION
-from lwq.recipe import calibration, load
-from lwq.texts import chunk_documents, load_texts, seeded_subset
+from lwq.quant.cost import SizeTable
+from lwq.quant.install import PlanApplier
+from lwq.quant.variants import make_variants
 
 HELDOUT_PIECES = 12  # of 4000 characters, a seeded subset of the model's eval text
 
@@ -39,17 +38,18 @@ def tokens_per_second(model, ids: torch.Tensor, batch_size: int = 8) -> float:
     return ids.numel() / best
 
 
-def bench_backends(cfg) -> dict:
+def bench_backends(run: RunConfig) -> dict:
     """{backend: {bits: {quantize_seconds, tokens_per_second, weight_bytes}}} plus 16-bit."""
-    model, tokenizer, blocks, _ = load(cfg)
-    texts = load_texts(cfg.calib.text, resolve_path(cfg.paths.data))
+    model, tokenizer, blocks, _ = load(run)
+    texts = load_texts(run.calib.text, run.paths.data)
     ids = calibration_ids(texts, tokenizer, samples=16, seq_len=256, seed=0)
-    calib = calibration(cfg, tokenizer)
-    heldout = load_texts(cfg.model.eval_text, resolve_path(cfg.paths.data))
+    c = run.calib
+    calib = calibration_ids(texts, tokenizer, samples=c.samples, seq_len=c.seq_len, seed=c.seed)
+    heldout = load_texts(run.model.eval_text, run.paths.data)
     heldout = seeded_subset(chunk_documents(heldout, 4000), HELDOUT_PIECES, seed=0)
 
     def heldout_ppl() -> float:
-        ppl = perplexity(model, tokenizer, heldout, max_length=cfg.model.max_length)
+        ppl = perplexity(model, tokenizer, heldout, max_length=run.model.max_length)
         return round(ppl.token_perplexity, 3)
 
     n = len(blocks)
@@ -60,25 +60,27 @@ def bench_backends(cfg) -> dict:
         }
     }
     for name in BACKENDS.names():
-        conf = OmegaConf.load(PROJECT_ROOT / "conf" / "quant" / f"{name}.yaml")
-        backend = make_backend(name, **conf.settings)
+        # conf/quant/<name>.yaml's settings (16-bit sweep ends: every backend can do them)
+        quant = compose_run(f"quant={name}", "sweep.high=16", "sweep.low=16").quant
+        backend = make_backend(name, **quant.settings)
         out[name] = {"settings": backend.settings()}
+        sizes = SizeTable(model, blocks, backend)
         for bits in sorted(backend.supported_bits - {FULL_PRECISION}):
             plan = Plan((bits,) * n)
-            variants = variants_for(backend, model, blocks, calib)
-            applier = PlanApplier(blocks, backend, variants=variants)
+            variants = make_variants(backend, lambda: BlockInputs.capture(model, blocks, calib))
+            applier = PlanApplier(blocks, variants)
             started = time.perf_counter()
             applier.apply(plan)
             seconds = time.perf_counter() - started
             out[name][str(bits)] = {
                 "quantize_seconds": round(seconds, 3),
                 "tokens_per_second": round(tokens_per_second(model, ids)),
-                "weight_bytes": plan_cost(model, blocks, plan, backend).weight_bytes,
+                "weight_bytes": sizes.cost(plan).weight_bytes,
                 "heldout_token_ppl": heldout_ppl(),
             }
             applier.restore()
     what = (
-        f"all {n} blocks of {cfg.model.name} at one width; forward speed on 16 x 256 tokens; "
-        f"token perplexity on {HELDOUT_PIECES} pieces of {cfg.model.eval_text}"
+        f"all {n} blocks of {run.model.name} at one width; forward speed on 16 x 256 tokens; "
+        f"token perplexity on {HELDOUT_PIECES} pieces of {run.model.eval_text}"
     )
     return {"what": what, **out}

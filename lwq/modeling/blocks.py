@@ -1,4 +1,4 @@
-"""Load a causal LM and find, generically, the parts layer-wise quantization works on.
+"""Find, generically, the parts layer-wise quantization works on.
 
 A model is a stack of decoder blocks; each block holds weight layers (`nn.Linear`, or
 transformers' `Conv1D` in GPT-2, whose weight is stored transposed). Nothing here is written
@@ -10,93 +10,16 @@ reported average bits wrong.
 
 from __future__ import annotations
 
-import os
-import re
-
-import torch
-from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 from transformers.pytorch_utils import Conv1D
 
 from lwq.errors import LwqError
 
 WEIGHT_LAYERS = (nn.Linear, Conv1D)
 
-# A hub id is `owner/name` (letters, digits, `-`, `_`, `.`); anything else is a local path.
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-
 
 class UnsupportedModelError(LwqError, ValueError):
     """The model's layout is not one lwq can quantize block by block."""
-
-
-class ModelNotFoundError(LwqError, FileNotFoundError):
-    """The model is neither a local directory nor reachable (or cached) on the hub."""
-
-
-def _looks_like_hub_id(name_or_path: str) -> bool:
-    """True for `owner/name` strings such as `meta-llama/Llama-2-7b-hf`."""
-    return HUB_ID.fullmatch(name_or_path) is not None
-
-
-def _is_offline_error(err: BaseException) -> bool:
-    """True if `err` (or an exception it was raised from) means the hub could not be reached."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
-            return True
-        if "couldn't connect to" in str(err):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-def load_model(
-    name_or_path: str,
-    *,
-    dtype: torch.dtype,
-    device: torch.device,
-    trust_remote_code: bool = False,
-    revision: str | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a hub id or a local directory.
-
-    Returns `(model, tokenizer)`: the model in eval mode on `device` with weights in `dtype`;
-    the tokenizer with `pad_token` set to `eos_token` when it had none (left unset if it has
-    neither). `trust_remote_code` is passed through as given. Raises ModelNotFoundError (a
-    FileNotFoundError) for a local path that does not exist and for a hub id that is neither
-    cached nor reachable.
-    """
-    path = os.path.expanduser(name_or_path)
-    if not os.path.exists(path) and not _looks_like_hub_id(path):
-        raise ModelNotFoundError(
-            f"model path {path!r} does not exist and is not a hub id (owner/name); "
-            "set model.path to a local checkpoint directory or a hub id"
-        )
-    options = {"revision": revision, "trust_remote_code": trust_remote_code}
-    try:
-        # Tokenizer first: it is small, so an uncached model fails before any weights load.
-        tokenizer = AutoTokenizer.from_pretrained(path, **options)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, device_map=device, **options
-        )
-    except OSError as err:
-        if not _is_offline_error(err):
-            raise
-        raise ModelNotFoundError(
-            f"model {path!r} is not in the local cache and the hub cannot be reached; "
-            "download it on a machine with internet or point model.path at a local directory"
-        ) from err
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.eval(), tokenizer
 
 
 def _num_layers(model: nn.Module) -> int:
@@ -151,7 +74,7 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
         candidates = "; ".join(_describe(n, m) for n, m in matches)
         raise UnsupportedModelError(
             f"{name}: {len(matches)} nn.ModuleLists could be its {count} decoder blocks: "
-            f"{candidates}; remove the extra one or extend lwq.models.find_blocks"
+            f"{candidates}; remove the extra one or extend lwq.modeling.blocks.find_blocks"
         )
     found = "; ".join(_describe(n, m) for n, m in lists) or "none"
     raise UnsupportedModelError(
@@ -180,7 +103,7 @@ def block_linears(block: nn.Module) -> list[tuple[str, nn.Module]]:
                 raise UnsupportedModelError(
                     f"{type(block).__name__} has a {tuple(param.shape)} weight {where!r} in a "
                     f"{type(module).__name__}, which is neither nn.Linear nor Conv1D; "
-                    "teach lwq.models.block_linears about it"
+                    "teach lwq.modeling.blocks.block_linears about it"
                 )
     if not linears:
         raise UnsupportedModelError(

@@ -1,4 +1,5 @@
-"""`make bench`: time the default sweep and the quick eval suite; write bench/results.json.
+"""`make bench` (`python -m bench`): time the default sweep and the quick eval suite;
+write bench/results.json.
 
 Sections (`--section`, default all): `default_sweep` runs `python run.py` end to end;
 `quick_suite` times one point of `eval=quick` on the reference model, lm-eval's
@@ -6,7 +7,7 @@ Sections (`--section`, default all): `default_sweep` runs `python run.py` end to
 re-rendered, environment collected at every call) against `Suite.evaluate` (tasks,
 requests and tokens prepared once), and scans the batch size; `backends` times
 quantizing every block with each backend and width, and the forward speed after it
-(lwq/bench_backends.py). A section run alone
+(bench/backends.py). A section run alone
 replaces only its own entry in the results file.
 
 Speed is shown here, never by timed assertions in tests. Run it alone on the machine:
@@ -24,25 +25,20 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
-from lwq.bench_backends import bench_backends
-from lwq.paths import PROJECT_ROOT
-from lwq.recipe import load, make_suite
-from lwq.sweep import run_sweep
+from bench.backends import bench_backends
+from lwq.commands.context import load, make_suite
+from lwq.commands.sweep import run_sweep
+from lwq.config import compose_run
+from lwq.runtime import PROJECT_ROOT
 
 SECTIONS = ("default_sweep", "quick_suite", "backends")
-
-
-def _compose(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def bench_default_sweep(overrides: list[str]) -> dict:
     """Run the default sweep into a scratch results dir; summarise where the time went."""
     with tempfile.TemporaryDirectory() as scratch:
-        cfg = _compose([f"paths.results={scratch}", "tracking=none", *overrides])
+        cfg = compose_run(*[f"paths.results={scratch}", "tracking=none", *overrides])
         started = time.time()
         records = run_sweep(cfg)
         total = time.time() - started
@@ -68,7 +64,7 @@ def bench_quick_suite(overrides: list[str], repeats: int = 5) -> dict:
     """
     with tempfile.TemporaryDirectory() as scratch:
         cfg_overrides = [f"paths.results={scratch}", "tracking=none", "eval=quick", *overrides]
-        cfg = _compose(cfg_overrides)
+        cfg = compose_run(*cfg_overrides)
         model, tokenizer, _, _ = load(cfg)
         started = time.time()
         suite = make_suite(cfg)
@@ -80,7 +76,7 @@ def bench_quick_suite(overrides: list[str], repeats: int = 5) -> dict:
             after.append(_timed(suite.evaluate, model, tokenizer))
         scan = {}
         for batch_size in (4, 8, 16):
-            suite_b = make_suite(_compose([*cfg_overrides, f"eval.batch_size={batch_size}"]))
+            suite_b = make_suite(compose_run(*[*cfg_overrides, f"eval.batch_size={batch_size}"]))
             suite_b.evaluate(model, tokenizer)
             scan[batch_size] = _stats([_timed(suite_b.evaluate, model, tokenizer) for _ in "ab"])
     return {
@@ -174,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.section in ("quick_suite", "all"):
         result["quick_suite"] = bench_quick_suite(args.overrides)
     if args.section in ("backends", "all"):
-        result["backends"] = bench_backends(_compose(["tracking=none", *args.overrides]))
+        result["backends"] = bench_backends(compose_run(*["tracking=none", *args.overrides]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

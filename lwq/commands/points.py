@@ -1,0 +1,147 @@
+"""Every point a sweep evaluates, planned as plain data before any is evaluated.
+
+A point is what the evaluation loop needs and nothing more: its kind, its key, the plan
+to install, the blocks to remove (pruning), its k, and the record fields only its kind
+has. Planning needs the importance scores (cached, or computed on the loaded model) and
+the size table, never a quantized model.
+
+Kinds: `reference` (the model as loaded), `quantized` (the k least important blocks of
+an ordering at `sweep.low`), `pruned` (the same k removed, the rest at `sweep.high`),
+`allocated` (the exact allocator's plan under a budget) and `manual` (a plan file).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lwq.allocate import allocate, average_bits_budget
+from lwq.commands.context import RunContext
+from lwq.config import MetricSpec, RunConfig
+from lwq.metrics import ranking
+from lwq.plan import Plan, sweep_points, two_level_plan
+from lwq.quant.base import FULL_PRECISION
+from lwq.results import keys
+
+
+@dataclass(frozen=True)
+class Point:
+    kind: str
+    key: str
+    plan: Plan
+    k: int | None = None
+    removed: tuple[int, ...] = ()
+    label: str = ""  # for progress lines
+    fields: dict = field(default_factory=dict)  # record fields only this kind has
+
+
+def reference_point(ctx: RunContext) -> Point:
+    """The unquantized model, once per (model, eval), shared by every sweep."""
+    i = ctx.identity
+    key = keys.reference_key(i.model, i.evaluation)
+    return Point("reference", key, Plan((FULL_PRECISION,) * len(ctx.blocks)), label="unquantized")
+
+
+def ordering_points(run: RunConfig, ctx: RunContext, metric: MetricSpec) -> list[Point]:
+    """Every k of the sweep for one ordering (one metric variant)."""
+    scores, score_key, _ = ctx.scores(metric.name, metric.settings)
+    order = ranking(scores, reverse=metric.reverse)
+    prune = run.baseline == "prune"
+    high, low = run.sweep.high, run.sweep.low
+    i = ctx.identity
+    sweep = keys.sweep_id(
+        model=i.model,
+        evaluation=i.evaluation,
+        scores=score_key,
+        reverse=metric.reverse,
+        quant=i.quant,
+        high=high,
+        low=None if prune else low,
+        baseline=run.baseline,
+    )
+    ordering = {
+        "metric": metric.name,
+        "metric_canonical": score_key["metric"],
+        "metric_settings": score_key["settings"],
+        "reverse": metric.reverse,
+        "baseline": run.baseline,
+        "scores": list(scores.values),
+        "higher_is_important": scores.higher_is_important,
+        "ranking": order,
+        "sweep_id": sweep,
+    }
+    n = len(ctx.blocks)
+    ks = sweep_points(n, run.sweep.fractions, run.sweep.blocks)
+    if prune and n in ks:
+        print(f"k={n}: a model without blocks cannot run; pruning stops at L-1")
+        ks.remove(n)
+    name = _ordering_label(metric, run.baseline)
+    points = []
+    for k in ks:
+        key = keys.point_key(sweep, k)
+        if prune:  # the survivors stay at high bits
+            removed = tuple(sorted(order[:k]))
+            plan = Plan((high,) * n)
+            fields = ordering | {"removed_blocks": list(removed)}
+            points.append(Point("pruned", key, plan, k, removed, f"{name} k={k}", fields))
+        else:
+            plan = two_level_plan(order, k, high=high, low=low)
+            fields = ordering | {"low_blocks": sorted(order[:k])}
+            points.append(Point("quantized", key, plan, k, (), f"{name} k={k}", fields))
+    return points
+
+
+def allocated_point(run: RunConfig, ctx: RunContext) -> Point:
+    """The plan minimising summed measured sensitivity under `budget` or `budget_bytes`."""
+    allowed = list(run.budget.allowed_bits)
+    settings = {
+        "bits": allowed[0],
+        "table_bits": allowed,
+        "batch_size": run.metric.settings.get("batch_size", 8),
+    }
+    scores, score_key, _ = ctx.scores("sensitivity", settings)
+    n = len(ctx.blocks)
+    costs = [{b: scores.details[f"kl@{b}"][i] for b in allowed} for i in range(n)]
+    if run.budget.bytes is not None:
+        sizes = [{b: ctx.sizes.block_bytes(i, b) for b in allowed} for i in range(n)]
+        budget = run.budget.bytes - ctx.sizes.fixed_bytes()
+        target = {"budget_bytes": run.budget.bytes}
+    else:
+        sizes = [{b: b for b in allowed} for _ in range(n)]
+        budget = average_bits_budget(run.budget.avg_bits, n)
+        target = {"budget": run.budget.avg_bits}
+    plan = allocate(costs, sizes, budget)
+    i = ctx.identity
+    key = keys.allocated_key(
+        model=i.model,
+        evaluation=i.evaluation,
+        sensitivity=score_key,
+        quant=i.quant,
+        target=target,
+        allowed_bits=allowed,
+    )
+    fields = target | {
+        "allowed_bits": allowed,
+        "predicted_sensitivity": sum(c[b] for c, b in zip(costs, plan.bits, strict=True)),
+        "sensitivity_table": {str(b): [c[b] for c in costs] for b in allowed},
+    }
+    return Point("allocated", key, plan, label="allocated", fields=fields)
+
+
+def manual_point(ctx: RunContext, plan: Plan) -> Point:
+    """A plan file applied exactly as written (its length was checked against the model)."""
+    i = ctx.identity
+    key = keys.manual_key(
+        model=i.model, evaluation=i.evaluation, plan=list(plan.bits), quant=i.quant
+    )
+    return Point("manual", key, plan, label="manual")
+
+
+def _ordering_label(metric: MetricSpec, baseline: str) -> str:
+    seed = metric.settings.get("seed")
+    parts = [
+        metric.name,
+        *([f"seed={seed}"] if seed is not None else []),
+        *(["reversed"] if metric.reverse else []),
+        *(["pruned"] if baseline == "prune" else []),
+    ]
+    return " ".join(parts)

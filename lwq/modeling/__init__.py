@@ -1,0 +1,2 @@
+"""The model side of the pipeline: loading, finding blocks and linears, carrying block
+inputs, removing blocks."""

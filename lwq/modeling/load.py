@@ -1,0 +1,126 @@
+"""Load a causal LM and its tokenizer from a hub id or a local directory, and read a
+checkpoint's own config (its context and number of blocks) before any weights load."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from lwq.errors import LwqError
+
+# A hub id is `owner/name` (letters, digits, `-`, `_`, `.`); anything else is a local path.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+class ModelNotFoundError(LwqError, FileNotFoundError):
+    """The model is neither a local directory nor reachable (or cached) on the hub."""
+
+
+def _looks_like_hub_id(name_or_path: str) -> bool:
+    """True for `owner/name` strings such as `meta-llama/Llama-2-7b-hf`."""
+    return HUB_ID.fullmatch(name_or_path) is not None
+
+
+def _is_offline_error(err: BaseException) -> bool:
+    """True if `err` (or an exception it was raised from) means the hub could not be reached."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return True
+        if "couldn't connect to" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a hub id or a local directory.
+
+    Returns `(model, tokenizer)`: the model in eval mode on `device` with weights in `dtype`;
+    the tokenizer with `pad_token` set to `eos_token` when it had none (left unset if it has
+    neither). `trust_remote_code` is passed through as given. Raises ModelNotFoundError (a
+    FileNotFoundError) for a local path that does not exist and for a hub id that is neither
+    cached nor reachable.
+    """
+    path = os.path.expanduser(name_or_path)
+    _check_exists(path)
+    options = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        # Tokenizer first: it is small, so an uncached model fails before any weights load.
+        tokenizer = AutoTokenizer.from_pretrained(path, **options)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, device_map=device, **options
+        )
+    except OSError as err:
+        if not _is_offline_error(err):
+            raise
+        raise _not_cached(path) from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What a checkpoint's config.json says, read without loading any weight."""
+
+    blocks: int | None  # num_hidden_layers (of the text model for composite configs)
+    context: int | None  # max_position_embeddings: the longest window the model was built for
+
+
+def read_checkpoint_facts(
+    name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None
+) -> CheckpointFacts:
+    """The number of blocks and the context of a checkpoint, from its config alone."""
+    path = os.path.expanduser(name_or_path)
+    _check_exists(path)
+    try:
+        config = AutoConfig.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except OSError as err:
+        if not _is_offline_error(err):
+            raise
+        raise _not_cached(path) from err
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    blocks = getattr(config, "num_hidden_layers", None)
+    context = getattr(config, "max_position_embeddings", None)
+    return CheckpointFacts(
+        blocks if isinstance(blocks, int) else None, context if isinstance(context, int) else None
+    )
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.exists(path) and not _looks_like_hub_id(path):
+        raise ModelNotFoundError(
+            f"model path {path!r} does not exist and is not a hub id (owner/name); "
+            "set model.path to a local checkpoint directory or a hub id"
+        )
+
+
+def _not_cached(path: str) -> ModelNotFoundError:
+    """The one-line error for a hub model that is not cached and cannot be fetched."""
+    return ModelNotFoundError(
+        f"model {path!r} is not in the local cache and the hub cannot be reached; "
+        "download it on a machine with internet or point model.path at a local directory"
+    )

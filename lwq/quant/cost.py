@@ -1,0 +1,75 @@
+"""What a plan costs: nominal bits, true bits per weight and bytes, computed from shapes.
+
+Nothing is quantized here, so the same numbers are available before a run (planning)
+and after it (records). Everything outside the blocks' linear layers (embeddings, norms,
+an untied LM head) is counted at 16 bits; tied weights count once. The table is built
+from the model as loaded and keeps the original linears' shapes, so later swaps of
+blocks for quantized variants (which may hold packed modules) change nothing here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lwq.modeling.blocks import block_linears
+from lwq.plan import Plan
+from lwq.quant.base import MODEL_DTYPE_BYTES, Backend
+
+
+@dataclass(frozen=True)
+class Cost:
+    avg_bits: float  # nominal, the paper's number: mean of the per-block bits
+    bits_per_weight: float  # 8 * bytes of the blocks' linears (scales, zeros, bias) / weights
+    weight_bytes: int  # the whole model's weights as stored
+    block_bytes: tuple[int, ...]  # the linears of each block
+
+
+class SizeTable:
+    """Bytes of each block's linears at any width under one backend, from the model as loaded."""
+
+    def __init__(self, model: torch.nn.Module, blocks: torch.nn.ModuleList, backend: Backend):
+        in_blocks = {id(p) for block in blocks for p in block.parameters()}
+        self.backend = backend
+        self.outside = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)
+        self._linears = [[m for _, m in block_linears(block)] for block in blocks]
+        self.weights = [sum(m.weight.numel() for m in ms) for ms in self._linears]
+        self.block_other = []  # parameters of each block outside its linears (norms)
+        for block, linears in zip(blocks, self._linears, strict=True):
+            linear_params = {id(p) for m in linears for p in m.parameters(recurse=False)}
+            self.block_other.append(
+                sum(p.numel() for p in block.parameters() if id(p) not in linear_params)
+            )
+        self._bytes: dict[tuple[int, int], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._linears)
+
+    def block_bytes(self, i: int, bits: int) -> int:
+        """Bytes of block i's linears at `bits` (scales, zero points, biases included)."""
+        if (i, bits) not in self._bytes:
+            self._bytes[i, bits] = sum(self.backend.weight_bytes(m, bits) for m in self._linears[i])
+        return self._bytes[i, bits]
+
+    def fixed_bytes(self, removed: tuple[int, ...] = ()) -> int:
+        """Bytes of everything no plan changes: embeddings, head, norms (16-bit)."""
+        kept = [o for i, o in enumerate(self.block_other) if i not in removed]
+        return MODEL_DTYPE_BYTES * (self.outside + sum(kept))
+
+    def cost(self, plan: Plan, removed: tuple[int, ...] = ()) -> Cost:
+        """Sizes under `plan`; `removed` blocks (pruning) cost nothing at all and leave the
+        nominal average over the kept blocks."""
+        if len(plan.bits) != len(self):
+            raise ValueError(f"plan has {len(plan.bits)} blocks, the model {len(self)}")
+        block_bytes = tuple(
+            0 if i in removed else self.block_bytes(i, bits) for i, bits in enumerate(plan.bits)
+        )
+        weights = sum(w for i, w in enumerate(self.weights) if i not in removed)
+        kept = [b for i, b in enumerate(plan.bits) if i not in removed]
+        return Cost(
+            avg_bits=sum(kept) / len(kept),
+            bits_per_weight=8 * sum(block_bytes) / weights,
+            weight_bytes=sum(block_bytes) + self.fixed_bytes(removed),
+            block_bytes=block_bytes,
+        )

@@ -1,0 +1,57 @@
+"""Installing a plan in a loaded model without ever reloading it.
+
+The first time a block is changed its original is kept (the variant source parks it on
+the host); every quantized variant is built from that original, never from another
+quantized copy, and a block is swapped only when what its variant depends on changes.
+A sweep that only moves blocks downward therefore quantizes each block at most once per
+bit-width. Where the variants come from is the variant source's business
+(lwq.quant.variants): a copy with every linear quantized, or a calibrated block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lwq.plan import Plan
+from lwq.quant.base import FULL_PRECISION, check_bits
+from lwq.quant.variants import Variants
+
+
+class PlanApplier:
+    """Swaps blocks of `blocks` (a ModuleList, mutated in place) to match a plan."""
+
+    def __init__(self, blocks: torch.nn.ModuleList, variants: Variants) -> None:
+        self.blocks = blocks
+        self.variants = variants
+        self.current = [FULL_PRECISION] * len(blocks)
+        self._keys: list[tuple] = [(FULL_PRECISION,)] * len(blocks)
+        self._originals: dict[int, torch.nn.Module] = {}
+        self.quantize_calls = 0  # quantized variants installed; a sweep's efficiency check
+
+    def apply(self, plan: Plan) -> None:
+        if len(plan.bits) != len(self.blocks):
+            raise ValueError(f"plan has {len(plan.bits)} blocks, the model {len(self.blocks)}")
+        for bits in set(plan.bits):
+            check_bits(self.variants.backend, bits)
+        for i, bits in enumerate(plan.bits):  # in order: sequential calibration relies on it
+            key = self.variants.key(i, plan)
+            if key != self._keys[i]:
+                self.blocks[i] = self._variant(i, plan)
+                self.current[i], self._keys[i] = bits, key
+
+    def restore(self) -> None:
+        """Put every original block back (the model is then exactly as loaded)."""
+        self.apply(Plan((FULL_PRECISION,) * len(self.blocks)))
+
+    def original(self, i: int) -> torch.nn.Module:
+        """Block i as loaded, wherever it is now."""
+        return self._originals.get(i, self.blocks[i])
+
+    def _variant(self, i: int, plan: Plan) -> torch.nn.Module:
+        device = next(self.blocks[i].parameters()).device
+        original = self._originals.setdefault(i, self.blocks[i])
+        if plan.bits[i] == FULL_PRECISION:
+            return original.to(device)
+        block = self.variants.block(i, plan, self.original, self.blocks, device)
+        self.quantize_calls += 1
+        return block

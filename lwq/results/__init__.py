@@ -1,0 +1,1 @@
+"""What a run leaves behind: point keys, records and their store, the table, tracking."""
