@@ -39,12 +39,16 @@ def main(cfg: DictConfig) -> None:
 
 
 def check_before_hydra(overrides: list[str]) -> None:
-    """Compose and check a single run's config before Hydra makes its output directory, so
-    a bad override is one line (Hydra's own errors span several) and writes nothing."""
+    """Compose and check a single run's config, its checkpoint's config.json and its data
+    files before Hydra makes its output directory, so bad input is one line (Hydra's own
+    errors span several) and writes nothing."""
     if any(arg.startswith("-") for arg in overrides):
         return  # Hydra's own flags (--multirun, --cfg, --help, ...): Hydra handles them
+    from lwq.commands.context import check_inputs
+
     try:
-        compose_run(*overrides)
+        run = compose_run(*overrides)
+        check_inputs(run, evaluate=run.command == "sweep")
     except LwqError as err:
         fail(err)
 

@@ -38,6 +38,15 @@ def check_text_source(source: str, key: str) -> None:
         )
 
 
+def source_files(source: str, data_dir: Path) -> list[Path]:
+    """The local files a source reads ([] for the stdlib corpus and the hub)."""
+    if source == "wikitext2-test":
+        return [Path(data_dir) / WIKITEXT_TEST]
+    if source.startswith("file:"):
+        return [Path(source.removeprefix("file:")).expanduser()]
+    return []
+
+
 def load_texts(source: str, data_dir: Path) -> list[str]:
     """The documents of a named source, in a fixed order."""
     if source.startswith("ref-"):

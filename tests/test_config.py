@@ -106,7 +106,7 @@ BAD_INPUT = [
     (["compare_metrics=[ldi,foo]"], "compare_metrics names metric 'foo'"),
     (["tracking.name=mlflow"], "tracking=mlflow is not known"),
     (["baseline.name=drop"], "baseline=drop is not known"),
-    (["paths.data=/no/such/dir", "eval=quick"], "benchmark file /no/such/dir"),
+    (["paths.data=/no/such/dir", "eval=quick"], "data file /no/such/dir"),
     # --- needs the checkpoint's config (read before the weights)
     (["calib.seq_len=100000"], "calib.seq_len=100000 is longer than ref-tiny's context of 256"),
     (["eval.max_length=512"], "eval.max_length=512 is longer than ref-tiny's context of 256"),

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from lwq.config import RunConfig
-from lwq.data import calibration_ids, load_texts
+from lwq.data import calibration_ids, load_texts, source_files
 from lwq.errors import LwqError
+from lwq.evaluation.local_data import local_files
 from lwq.evaluation.suite import Suite
 from lwq.metrics import METRICS, Scores
 from lwq.metrics.cache import cached_scores
@@ -93,8 +94,7 @@ class RunContext:
 def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
     """Load what `run` needs; `evaluate` adds the suite, the record store and the tracker."""
     backend = make_backend(run.quant.name, **run.quant.settings)
-    path = resolve_model_path(run.model.path)
-    check_against_checkpoint(run, read_checkpoint_facts(path, **_hub_options(run)))
+    check_inputs(run, evaluate=evaluate)
     suite = make_suite(run) if evaluate else None  # bad tasks, missing data: before the model
     model, tokenizer, blocks, device = load(run)
     calibration = _calibration(run, tokenizer)
@@ -136,6 +136,26 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
         )
         context.tracker = _tracker(run)
     return context
+
+
+def check_inputs(run: RunConfig, *, evaluate: bool) -> None:
+    """The checks that read files but load nothing: the checkpoint's config.json against
+    the run, and the data files the run will read. run.py calls this before Hydra starts
+    (so bad input writes nothing), and every command again before loading."""
+    path = resolve_model_path(run.model.path)
+    check_against_checkpoint(run, read_checkpoint_facts(path, **_hub_options(run)))
+    wanted = source_files(run.calib.text, run.paths.data)
+    if evaluate:
+        spec = run.eval.spec
+        wanted += source_files(spec.text, run.paths.data) if spec.text else []
+        if spec.source == "local":
+            wanted += [f for task in spec.tasks for f in local_files(task, run.paths.data)]
+    missing = [str(f) for f in wanted if not f.is_file()]
+    if missing:
+        raise LwqError(
+            f"data file {missing[0]} not found; point to the data dir with paths.data=<dir> "
+            "or the LWQ_DATA environment variable"
+        )
 
 
 def make_suite(run: RunConfig) -> Suite:

@@ -29,6 +29,22 @@ from lwq.registry import Registry
 Reader = Callable[[Path], list[dict]]
 READERS: Registry[Reader] = Registry("local benchmark")
 
+# The files each reader reads, under the data directory (records hash them).
+FILES = {
+    "arc_easy": ("arc/ARC-Easy-Test.jsonl",),
+    "arc_challenge": ("arc/ARC-Challenge-Test.jsonl",),
+    "hellaswag": ("hellaswag/hellaswag_val_full.txt",),
+    "piqa": ("piqa/valid.jsonl", "piqa/valid-labels.lst"),
+    "winogrande": ("winogrande/dev.jsonl", "winogrande/dev-labels.lst"),
+    "lambada_openai": ("lambada/lambada_test.jsonl",),
+    "wikitext": (WIKITEXT_TEST,),
+}
+
+
+def local_files(benchmark: str, data_dir: Path) -> list[Path]:
+    """The files `read_local(benchmark, data_dir)` reads."""
+    return [Path(data_dir) / name for name in FILES[benchmark]]
+
 
 def read_local(benchmark: str, data_dir: Path) -> list[dict]:
     """Every document of `benchmark` from `data_dir`, in the hub schema, in file order."""
@@ -37,12 +53,12 @@ def read_local(benchmark: str, data_dir: Path) -> list[dict]:
 
 @READERS.register("arc_easy")
 def arc_easy(data_dir: Path) -> list[dict]:
-    return _arc(data_dir / "arc" / "ARC-Easy-Test.jsonl")
+    return _arc(*local_files("arc_easy", data_dir))
 
 
 @READERS.register("arc_challenge")
 def arc_challenge(data_dir: Path) -> list[dict]:
-    return _arc(data_dir / "arc" / "ARC-Challenge-Test.jsonl")
+    return _arc(*local_files("arc_challenge", data_dir))
 
 
 def _arc(path: Path) -> list[dict]:
@@ -67,7 +83,7 @@ def _arc(path: Path) -> list[dict]:
 @READERS.register("hellaswag")
 def hellaswag(data_dir: Path) -> list[dict]:
     """6 lines per item (`label: ctx`, gold, 4 endings) -> `Rowan/hellaswag` fields."""
-    path = data_dir / "hellaswag" / "hellaswag_val_full.txt"
+    (path,) = local_files("hellaswag", data_dir)
     lines = _read(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -93,8 +109,9 @@ def hellaswag(data_dir: Path) -> list[dict]:
 @READERS.register("piqa")
 def piqa(data_dir: Path) -> list[dict]:
     """valid.jsonl (goal, sol1, sol2) + valid-labels.lst (0 = sol1) -> `baber/piqa`."""
-    rows = _jsonl(data_dir / "piqa" / "valid.jsonl")
-    labels = _labels(data_dir / "piqa" / "valid-labels.lst", len(rows))
+    items, answers = local_files("piqa", data_dir)
+    rows = _jsonl(items)
+    labels = _labels(answers, len(rows))
     return [
         {"goal": r["goal"], "sol1": r["sol1"], "sol2": r["sol2"], "label": int(label)}
         for r, label in zip(rows, labels, strict=True)
@@ -104,8 +121,9 @@ def piqa(data_dir: Path) -> list[dict]:
 @READERS.register("winogrande")
 def winogrande(data_dir: Path) -> list[dict]:
     """dev.jsonl + dev-labels.lst -> `allenai/winogrande` (answer the string "1" or "2")."""
-    rows = _jsonl(data_dir / "winogrande" / "dev.jsonl")
-    labels = _labels(data_dir / "winogrande" / "dev-labels.lst", len(rows))
+    items, answers = local_files("winogrande", data_dir)
+    rows = _jsonl(items)
+    labels = _labels(answers, len(rows))
     docs = []
     for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
         if str(row["answer"]) != label:
@@ -117,13 +135,15 @@ def winogrande(data_dir: Path) -> list[dict]:
 @READERS.register("lambada_openai")
 def lambada_openai(data_dir: Path) -> list[dict]:
     """OpenAI's detokenized test file -> `EleutherAI/lambada_openai` (a `text` field)."""
-    return [{"text": row["text"]} for row in _jsonl(data_dir / "lambada" / "lambada_test.jsonl")]
+    (path,) = local_files("lambada_openai", data_dir)
+    return [{"text": row["text"]} for row in _jsonl(path)]
 
 
 @READERS.register("wikitext")
 def wikitext(data_dir: Path) -> list[dict]:
     """Raw WikiText-2 test -> `EleutherAI/wikitext_document_level`: one `page` per article."""
-    return [{"page": page} for page in wikitext_articles(_read(data_dir / WIKITEXT_TEST))]
+    (path,) = local_files("wikitext", data_dir)
+    return [{"page": page} for page in wikitext_articles(_read(path))]
 
 
 def _read(path: Path) -> str:
