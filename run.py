@@ -4,6 +4,10 @@ The bare word picks the command (`python run.py model=llama2-13b metric=ldi swee
 itself only understands `key=value`, so the word is turned into `command=<word>` first.
 The composed config becomes a checked, typed `RunConfig` (lwq.config) once, here; bad
 input stops with one line on stderr and exit code 2 before anything is loaded or written.
+
+Exit codes: 0 done; 2 bad input; 3 stopped by SIGTERM/SIGINT (what was recorded is kept:
+run the same command again to resume); 4 some points failed (recorded as failed with the
+reason; run the same command again to retry them).
 """
 
 from __future__ import annotations
@@ -14,28 +18,35 @@ import hydra
 from omegaconf import DictConfig
 
 from lwq.config import COMMANDS, compose_run, from_hydra
-from lwq.errors import LwqError
+from lwq.errors import LwqError, PointsFailed
 
 BAD_INPUT = 2
+STOPPED = 3
+POINTS_FAILED = 4
 
 
 def command_words_to_overrides(argv: list[str]) -> list[str]:
     return [f"command={arg}" if arg in COMMANDS else arg for arg in argv]
 
 
-def fail(err: LwqError) -> None:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(BAD_INPUT)
+def fail(err: Exception, code: int = BAD_INPUT) -> None:
+    print(f"error: {err}" if code == BAD_INPUT else str(err), file=sys.stderr)
+    sys.exit(code)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from lwq.commands import run
+    from lwq.commands.stopping import Stopped
 
     try:
         run(from_hydra(cfg))
     except LwqError as err:
         fail(err)
+    except Stopped as stopped:
+        fail(stopped, STOPPED)
+    except PointsFailed as failed:
+        fail(failed, POINTS_FAILED)
 
 
 def check_before_hydra(overrides: list[str]) -> None:

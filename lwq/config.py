@@ -46,6 +46,7 @@ class ModelSpec:
     path: str  # hub id or local directory, as written (part of every key)
     revision: str | None
     trust_remote_code: bool
+    allow_pickle: bool  # also load pickle (.bin) weights; default safetensors only
     dtype: str
     max_length: int  # tokens per perplexity window
     calib_text: str
@@ -155,6 +156,7 @@ class RunConfig:
 
     command: str
     device: str
+    seed: int
     model: ModelSpec
     calib: CalibSpec
     metric: MetricSpec
@@ -223,6 +225,7 @@ def from_hydra(cfg: DictConfig) -> RunConfig:
     return RunConfig(
         command=command,
         device=device,
+        seed=_int(plain.get("seed", 0), "seed"),
         model=model,
         calib=calib,
         metric=metric,
@@ -270,6 +273,7 @@ def _model(node: dict) -> ModelSpec:
         path=str(node["path"]),
         revision=node.get("revision"),
         trust_remote_code=bool(node.get("trust_remote_code", False)),
+        allow_pickle=bool(node.get("allow_pickle", False)),
         dtype=node["dtype"],
         max_length=_positive_int(node["max_length"], "model.max_length"),
         calib_text=node["calib_text"],

@@ -3,3 +3,7 @@
 
 class LwqError(Exception):
     """Bad input or environment; the message says what is wrong and names the fix."""
+
+
+class PointsFailed(Exception):
+    """Some points failed (recorded with their reason); a rerun retries them."""

@@ -1,6 +1,6 @@
 """What a run runs on and where its files are: the device and dtype (decided here, once),
-paths named in configs, library versions, one stable digest for keys, and the peak
-memory of a phase.
+paths named in configs, the seeds, one stable digest for keys, and the peak memory of a
+phase.
 
 Relative paths mean: relative to the working directory if the thing exists there, else
 to the project root (so `models/ref-tiny` and `../shared/data` work from anywhere); a
@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
+import random
 import re
 import resource
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lwq.errors import LwqError
@@ -82,17 +83,12 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def versions() -> dict:
-    import transformers
-
-    import lwq
-
-    return {
-        "lwq": lwq.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
+def seed_everything(seed: int) -> None:
+    """Seed every generator a run may draw from without its own seed (libraries included);
+    each of lwq's own draws (calibration windows, subsets, random orders) has its own."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _reset_host_peak() -> bool:

@@ -10,10 +10,11 @@ from lwq.commands.context import open_context
 from lwq.config import RunConfig
 from lwq.metrics import Scores
 from lwq.metrics.cache import load_cached
+from lwq.provenance import library_versions
 from lwq.results.keys import score_key
 from lwq.results.record import comparison_record
 from lwq.results.store import RecordStore
-from lwq.runtime import versions
+from lwq.runtime import seed_everything
 
 
 def importance_values(scores: Scores) -> list[float]:
@@ -51,6 +52,7 @@ def sensitivity_summary(run: RunConfig, records: list[dict]) -> str:
 
 def run_compare(run: RunConfig) -> dict:
     """Spearman rho of each cheap metric with the measured sensitivity; one record."""
+    seed_everything(run.seed)
     ctx = open_context(run, evaluate=False)
     reference, _, _ = ctx.scores("sensitivity", run.sensitivity.settings)
     all_scores = {"sensitivity": list(reference.values)}
@@ -72,7 +74,7 @@ def run_compare(run: RunConfig) -> dict:
         scores=all_scores,
         sensitivity_details={k: list(v) for k, v in reference.details.items()},
         config=run.plain,
-        versions=versions(),
+        versions=library_versions(run.quant.name),
     )
     RecordStore(run.paths.results / run.model.name / "comparisons.jsonl").append(record)
     return record

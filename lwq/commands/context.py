@@ -26,6 +26,7 @@ from lwq.metrics.cache import cached_scores
 from lwq.modeling.blocks import find_blocks
 from lwq.modeling.capture import BlockInputs
 from lwq.modeling.load import CheckpointFacts, load_model, read_checkpoint_facts
+from lwq.provenance import files_sha256, git_state, library_versions, texts_sha256, weight_files
 from lwq.quant import Backend, make_backend
 from lwq.quant.cost import SizeTable
 from lwq.quant.install import PlanApplier
@@ -34,7 +35,7 @@ from lwq.results.keys import quant_identity, score_key
 from lwq.results.record import shared_fields
 from lwq.results.store import RecordStore
 from lwq.results.tracking import make_tracker
-from lwq.runtime import pick_device, pick_dtype, resolve_model_path, versions
+from lwq.runtime import pick_device, pick_dtype, resolve_model_path
 
 CAPTURE_BATCH = 8  # calibration sequences per forward when capturing block inputs
 
@@ -126,13 +127,18 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
     if evaluate:
         context.suite = suite
         context.store = RecordStore(run.paths.results / run.model.name / "records.jsonl")
+        context.store.read()  # reports damaged lines once, with their line numbers
         context.shared = shared_fields(
             model=run.model.name,
             quant=identity.quant,
             eval_provenance=suite.provenance(),
-            versions=versions(),
+            versions=library_versions(backend.name),
             device=str(device),
             config=run.plain,
+            seed=run.seed,
+            code=git_state(),
+            data_sha256=_data_digests(run, suite),
+            weights_sha256=_weight_digests(run),
         )
         context.tracker = _tracker(run)
     return context
@@ -179,13 +185,17 @@ def load(run: RunConfig) -> tuple[torch.nn.Module, object, torch.nn.ModuleList, 
         resolve_model_path(run.model.path),
         dtype=pick_dtype(run.model.dtype, device),
         device=device,
-        **_hub_options(run),
+        **_weights_options(run),
     )
     return model, tokenizer, find_blocks(model), device
 
 
 def _hub_options(run: RunConfig) -> dict:
     return {"trust_remote_code": run.model.trust_remote_code, "revision": run.model.revision}
+
+
+def _weights_options(run: RunConfig) -> dict:
+    return _hub_options(run) | {"allow_pickle": run.model.allow_pickle}
 
 
 def check_against_checkpoint(run: RunConfig, facts: CheckpointFacts) -> None:
@@ -231,6 +241,25 @@ def _calibration(run: RunConfig, tokenizer) -> Callable[[], torch.Tensor]:
         return made[0]
 
     return calibration
+
+
+def _weight_digests(run: RunConfig) -> dict:
+    """sha256 of each weight file of the checkpoint (local, or the hub's cached snapshot)."""
+    files = weight_files(resolve_model_path(run.model.path))
+    base = files[0].parent if files else None
+    return files_sha256(files, run.paths.cache / "sha256.json", base=base)
+
+
+def _data_digests(run: RunConfig, suite: Suite) -> dict:
+    """sha256 of every data file the run reads (evaluation and calibration), named relative
+    to the data directory; the stdlib corpus, which is no data file, by its documents."""
+    data = run.paths.data
+    files = [*suite.data_files(), *source_files(run.calib.text, data)]
+    digests = files_sha256(files, run.paths.cache / "sha256.json", base=data)
+    for source in {run.calib.text, run.eval.spec.text} - {None}:
+        if source.startswith("ref-"):
+            digests[source] = texts_sha256(load_texts(source, data))
+    return digests
 
 
 def _tracker(run: RunConfig):

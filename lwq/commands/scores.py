@@ -6,9 +6,11 @@ from __future__ import annotations
 from lwq.commands.context import open_context
 from lwq.config import RunConfig
 from lwq.metrics import ranking
+from lwq.runtime import seed_everything
 
 
 def run_scores(run: RunConfig) -> dict:
+    seed_everything(run.seed)
     ctx = open_context(run, evaluate=False)
     scores, _, was_cached = ctx.scores(run.metric.name, run.metric.settings)
     order = ranking(scores, reverse=run.metric.reverse)

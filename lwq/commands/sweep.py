@@ -2,19 +2,16 @@
 seeds for `random`), the allocated and the hand-written plan, each evaluated once.
 
 The recipe: open the context (checks the input, loads the model), plan every point as
-plain data (lwq.commands.points), then one loop installs each plan, evaluates it, appends
-its record and, at the end, restores the model. Points already in the records are skipped.
+plain data (lwq.commands.points), then one loop (lwq.commands.evaluate) claims, installs,
+evaluates and records each point and, at the end, restores the model. Points already in
+the records, or being evaluated by another process, are not evaluated again.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
-
-from tqdm import tqdm
-
 from lwq.commands.compare import sensitivity_summary
 from lwq.commands.context import RunContext, open_context
+from lwq.commands.evaluate import evaluate_points
 from lwq.commands.points import (
     Point,
     allocated_point,
@@ -22,26 +19,44 @@ from lwq.commands.points import (
     ordering_points,
     reference_point,
 )
+from lwq.commands.stopping import Stopped, StopSignals
 from lwq.config import RunConfig
-from lwq.modeling.prune import blocks_removed
-from lwq.results.record import build_record
+from lwq.errors import PointsFailed
 from lwq.results.table import format_table
-from lwq.results.tracking import tracked_values
-from lwq.runtime import peak_memory
+from lwq.runtime import seed_everything
 
 
 def run_sweep(run: RunConfig) -> list[dict]:
-    """Every point of the sweep, resuming from the records; returns the new records."""
-    ctx = open_context(run, evaluate=True)
-    try:
-        points = plan_points(run, ctx)
-        written = evaluate_points(ctx, points, high=run.sweep.high, low=run.sweep.low)
-    finally:
-        ctx.close()
+    """Every point of the sweep, resuming from the records; returns the new records.
+
+    Raises Stopped on SIGTERM/SIGINT (what was recorded is kept) and PointsFailed after
+    the table when points failed (they are recorded as failed; a rerun retries them).
+    """
+    seed_everything(run.seed)
+    with StopSignals() as stop:
+        ctx = open_context(run, evaluate=True)  # a stop in here has written nothing
+        points: list[Point] = []
+        try:
+            points = plan_points(run, ctx)
+            written, failed = evaluate_points(
+                ctx, points, stop, high=run.sweep.high, low=run.sweep.low
+            )
+        except Stopped as stopped:
+            if points:
+                recorded = len(ctx.store.done_keys() & {p.key for p in points})
+                stopped.kept = f"{recorded} of {len(points)} points are in {ctx.store.path}"
+            raise
+        finally:
+            ctx.close()
     wanted = {p.key for p in points}
     records = [r for r in ctx.store.read() if r.get("point_key") in wanted]
     print(format_table(records))
     print(sensitivity_summary(run, records))
+    if failed:
+        raise PointsFailed(
+            f"{len(failed)} of {len(points)} points failed (recorded with the reason in "
+            f"{ctx.store.path}); run the same command again to retry them"
+        )
     return written
 
 
@@ -55,67 +70,3 @@ def plan_points(run: RunConfig, ctx: RunContext) -> list[Point]:
     if run.manual_plan is not None:
         points.append(manual_point(ctx, run.manual_plan))
     return points
-
-
-def evaluate_points(ctx: RunContext, points: list[Point], *, high: int, low: int) -> list[dict]:
-    """Install, evaluate and record every point not yet in the records; restore the model."""
-    done = ctx.store.done_keys()
-    todo = [p for p in points if p.key not in done]
-    if len(todo) < len(points):
-        tqdm.write(f"{len(points) - len(todo)} of {len(points)} points already in {ctx.store.path}")
-    applier = ctx.applier()
-    written: list[dict] = []
-    try:
-        bar = tqdm(todo, desc=f"sweep {ctx.shared['model']}", unit="point")
-        for point in bar:
-            bar.set_postfix_str(point.label)
-            quantize = _install(ctx, applier, point)
-            started = time.time()
-            with peak_memory(ctx.device) as eval_memory, _removed(ctx, point):
-                result = ctx.suite.evaluate(ctx.model, ctx.tokenizer)
-            record = build_record(
-                ctx.shared,
-                kind=point.kind,
-                key=point.key,
-                result=result,
-                eval_memory=eval_memory,
-                eval_seconds=time.time() - started,
-                **_plan_fields(ctx, point, quantize, high=high, low=low),
-            )
-            ctx.store.append(record)
-            ctx.tracker.log(len(written), tracked_values(record))
-            written.append(record)
-    finally:
-        applier.restore()
-    return written
-
-
-def _install(ctx: RunContext, applier, point: Point) -> dict:
-    """Apply the point's plan; the quantize part of its record: seconds and peak memory."""
-    started = time.time()
-    with peak_memory(ctx.device) as memory:
-        applier.apply(point.plan)
-    return {"seconds": time.time() - started, "memory": memory}
-
-
-def _removed(ctx: RunContext, point: Point):
-    """The pruning baseline's blocks out of the model while the point is evaluated."""
-    if not point.removed:
-        return nullcontext()
-    return blocks_removed(ctx.model, ctx.blocks, list(point.removed))
-
-
-def _plan_fields(ctx: RunContext, point: Point, quantize: dict, *, high: int, low: int) -> dict:
-    """What build_record needs of the point besides its result (nothing plan-like for the
-    reference: it is the model as loaded)."""
-    if point.kind == "reference":
-        return {}
-    return {
-        "plan": point.plan,
-        "cost": ctx.sizes.cost(point.plan, point.removed),
-        "k": point.k,
-        "high": high,
-        "low": None if point.kind == "pruned" else low,
-        "quantize": quantize,
-        "fields": point.fields,
-    }

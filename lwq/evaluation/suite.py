@@ -14,9 +14,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lwq.data import chunk_documents, load_texts, seeded_subset
+from lwq.data import chunk_documents, load_texts, seeded_subset, source_files
 from lwq.errors import LwqError
 from lwq.evaluation.harness import Harness, PerplexityTask, lm_eval_version
+from lwq.evaluation.local_data import local_files
 from lwq.evaluation.perplexity import perplexity
 from lwq.evaluation.tasks import averaged, benchmark_task, check_tasks
 
@@ -73,6 +74,7 @@ class Suite:
         self, spec: EvalSpec, *, data_dir: Path, workdir: Path, batch_size: int, cross_check: bool
     ) -> None:
         self.spec = spec
+        self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.cross_check = cross_check and bool(spec.text)
         self.texts: list[str] = []
@@ -117,6 +119,13 @@ class Suite:
             check["relative_difference"] = abs(ppl.byte_perplexity / lm_eval_value - 1)
             check["agrees"] = check["relative_difference"] <= CROSS_CHECK_TOLERANCE
         return {"tasks": tasks, "average": average(tasks), "cross_check": check}
+
+    def data_files(self) -> list[Path]:
+        """Every local file the suite's documents were read from (records hash them)."""
+        files = source_files(self.spec.text, self.data_dir) if self.spec.text else []
+        if self.spec.source == "local":
+            files += [f for name in self.spec.tasks for f in local_files(name, self.data_dir)]
+        return sorted(set(files))
 
     def identity(self) -> dict:
         """What changes the numbers, as plain data for record keys: the spec."""

@@ -41,9 +41,11 @@ def load_results(results_dir: Path) -> dict[str, list[dict] | LwqError]:
     results = {}
     for path in sorted(Path(results_dir).glob("*/records.jsonl")):
         try:
-            results[path.parent.name] = RecordStore(path).read()
-        except LwqError as err:  # a corrupt line: report it, draw the other models
-            results[path.parent.name] = err
+            records = RecordStore(path).read()  # damaged lines are reported and left out
+        except OSError as err:  # an unreadable file: report it, draw the other models
+            results[path.parent.name] = LwqError(f"{path} cannot be read ({err})")
+            continue
+        results[path.parent.name] = [r for r in records if r.get("status", "ok") == "ok"]
     return results
 
 

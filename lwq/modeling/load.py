@@ -52,14 +52,16 @@ def load_model(
     device: torch.device,
     trust_remote_code: bool = False,
     revision: str | None = None,
+    allow_pickle: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a hub id or a local directory.
 
     Returns `(model, tokenizer)`: the model in eval mode on `device` with weights in `dtype`;
     the tokenizer with `pad_token` set to `eos_token` when it had none (left unset if it has
-    neither). `trust_remote_code` is passed through as given. Raises ModelNotFoundError (a
-    FileNotFoundError) for a local path that does not exist and for a hub id that is neither
-    cached nor reachable.
+    neither). `trust_remote_code` is passed through as given. Weights are read from
+    safetensors files only (loading a pickle can run code) unless `allow_pickle`. Raises
+    ModelNotFoundError (a FileNotFoundError) for a local path that does not exist and for a
+    hub id that is neither cached nor reachable.
     """
     path = os.path.expanduser(name_or_path)
     _check_exists(path)
@@ -68,9 +70,14 @@ def load_model(
         # Tokenizer first: it is small, so an uncached model fails before any weights load.
         tokenizer = AutoTokenizer.from_pretrained(path, **options)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, device_map=device, **options
+            path, dtype=dtype, device_map=device, use_safetensors=not allow_pickle, **options
         )
     except OSError as err:
+        if not allow_pickle and "safetensors" in str(err):
+            raise ModelNotFoundError(
+                f"model {path!r} has no safetensors weights; convert them to safetensors, or "
+                "set model.allow_pickle=true to load its pickle (.bin) files (they can run code)"
+            ) from err
         if not _is_offline_error(err):
             raise
         raise _not_cached(path) from err

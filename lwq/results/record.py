@@ -23,8 +23,14 @@ def shared_fields(
     versions: dict,
     device: str,
     config: dict,
+    seed: int,
+    code: dict,
+    data_sha256: dict,
+    weights_sha256: dict,
 ) -> dict:
-    """The fields every record of one run has in common."""
+    """The fields every record of one run has in common, provenance included: the seed, the
+    library versions, the git commit (and whether the tree was dirty), and a sha256 of each
+    data and weight file the run read."""
     return {
         "model": model,
         "quant": quant,
@@ -32,6 +38,10 @@ def shared_fields(
         "versions": versions,
         "device": device,
         "config": config,
+        "seed": seed,
+        "code": code,
+        "data_sha256": data_sha256,
+        "weights_sha256": weights_sha256,
     }
 
 
@@ -84,6 +94,23 @@ def build_record(
         "eval": result,
         "eval_memory": eval_memory,
         "seconds": round(eval_seconds, 2),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def failed_record(
+    shared: dict, *, kind: str, key: str, k: int | None, plan: Plan, reason: str
+) -> dict:
+    """A point that could not be evaluated: kept so the failure is visible, never "done"
+    (lwq.results.store), so a rerun tries it again; tables and figures leave it out."""
+    return {
+        **shared,
+        "kind": kind,
+        "k": k,
+        "plan": list(plan.bits),
+        "point_key": key,
+        "status": "failed",
+        "error": reason,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

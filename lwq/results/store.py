@@ -1,21 +1,46 @@
 """Append-only result records: one JSON object per line, one line per evaluated point.
 
-Each append is a single write of a whole line followed by fsync, so a crash can at
-worst leave one truncated line; reading skips a line that stops before its closing
-brace with a warning (that point is simply evaluated again on resume) and refuses any
-other unreadable line, naming it, rather than guessing.
+Every record is whole or absent, provably: each line carries a checksum of its own
+content (`checksum`: the first 16 hex digits of the sha256 of the record's canonical
+JSON without it), and a reader uses a line only if it parses and its checksum matches.
+A line cut by a crash at any byte, a line edited by hand, anything else, is reported
+with its path and line number and not used (that point is evaluated again); the rest of
+the file is read as usual. Lines written before checksums existed (`schema` 1) are
+trusted as they are.
+
+Writers append under an exclusive lock (`flock`), one whole line per write call checked
+for length, then fsync, so records of processes sharing the file never interleave. A
+record that follows a torn line starts on a new line.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
-import warnings
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lwq.errors import LwqError
+SCHEMA = 2  # 2: every line has a checksum
+LEGACY_SCHEMA = 1
 
-SCHEMA = 1
+
+def checksum(record: dict) -> str:
+    """The checksum a line of `record` carries (over every field but `checksum`)."""
+    body = {k: v for k, v in record.items() if k != "checksum"}
+    return hashlib.sha256(canonical(body).encode("utf-8")).hexdigest()[:16]
+
+
+def canonical(record: dict) -> str:
+    return json.dumps(record, sort_keys=True, allow_nan=True)
+
+
+@dataclass
+class ReadResult:
+    records: list[dict] = field(default_factory=list)
+    damaged: list[int] = field(default_factory=list)  # line numbers not used
 
 
 class RecordStore:
@@ -25,41 +50,91 @@ class RecordStore:
         self.path = Path(path)
 
     def append(self, record: dict) -> None:
-        line = json.dumps({"schema": SCHEMA, **record}, sort_keys=True) + "\n"
+        """Append one record as one checksummed line, under the file's lock."""
+        record = {**record, "schema": SCHEMA}
+        record["checksum"] = checksum(record)
+        data = (canonical(record) + "\n").encode("utf-8")
+        created = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            self._ensure_line_start(fd)
-            os.write(fd, line.encode("utf-8"))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # after a torn write: start on a fresh line
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
-            os.close(fd)
-
-    def _ensure_line_start(self, fd: int) -> None:
-        """After a torn write, start the next record on a fresh line."""
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            os.write(fd, b"\n")
+            os.close(fd)  # releases the lock
+        if created:
+            _fsync_directory(self.path.parent)
 
     def read(self) -> list[dict]:
+        """Every whole record, in file order; damaged lines are reported and left out."""
+        result = self.scan()
+        for number in result.damaged:
+            print(
+                f"warning: {self.path}:{number} is a damaged record (cut or altered); "
+                "not used, its point will be evaluated again",
+                file=sys.stderr,
+            )
+        return result.records
+
+    def scan(self) -> ReadResult:
+        """The whole records and the numbers of the damaged lines, without reporting."""
+        result = ReadResult()
         if not self.path.exists():
-            return []
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        records = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+            return result
+        with open(self.path, "rb") as f:
+            lines = f.read().split(b"\n")
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                if not line.rstrip().endswith("}"):
-                    warnings.warn(f"{self.path}:{number}: skipping a torn record", stacklevel=2)
-                    continue
-                raise LwqError(
-                    f"{self.path}:{number} is not valid JSON ({err.msg}); move that line "
-                    "out of the file to keep the other records"
-                ) from err
-        return records
+            record = _whole(raw)
+            if record is None:
+                result.damaged.append(number)
+            else:
+                result.records.append(record)
+        return result
 
     def done_keys(self) -> set[str]:
-        return {r["point_key"] for r in self.read() if "point_key" in r}
+        """Keys of the points recorded as evaluated (failed points are not done); silent
+        about damaged lines, which `read()` reports."""
+        return {
+            r["point_key"]
+            for r in self.scan().records
+            if "point_key" in r and r.get("status", "ok") == "ok"
+        }
+
+
+def _whole(raw: bytes) -> dict | None:
+    """The record on one line, or None if the line is not a whole record."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    if "checksum" not in record:
+        return record if record.get("schema") == LEGACY_SCHEMA else None
+    if record["checksum"] != checksum(record):
+        return None
+    return {k: v for k, v in record.items() if k != "checksum"}
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write may write less than asked (a full disk, a signal): finish or fail loudly."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(f"wrote {written} bytes of a record; is the disk full?")
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -33,7 +33,8 @@ def _label(record: dict) -> str:
 
 def format_table(records: list[dict]) -> str:
     """Fixed-width text table sorted with the reference first, then by fraction."""
-    rows = sorted(records, key=lambda r: (r["kind"] != "reference", r.get("k") or 0))
+    rows = [r for r in records if r.get("status", "ok") == "ok"]  # failed points: not measured
+    rows = sorted(rows, key=lambda r: (r["kind"] != "reference", r.get("k") or 0))
     if not rows:
         return "(no records)"
     metric_names = list(metric_columns(rows[0]))

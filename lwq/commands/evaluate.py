@@ -1,0 +1,165 @@
+"""The one loop that changes the model: for each planned point, claim it, install its
+plan, evaluate, append its record, release the claim; restore the model at the end.
+
+Several processes may work on the same records at once (Hydra multirun, SLURM arrays,
+two terminals): a point is evaluated only by the process that claims it
+(lwq.results.claims), others skip it and, once their own points are done, wait for it to
+be recorded or for its claim to go stale, and then take it over.
+
+A point that fails at run time (CUDA out of memory, a NaN metric, a numerical error in a
+library) is recorded as failed with the reason and the loop goes on; it is not "done",
+so a rerun retries it. Bad input (LwqError) and stop signals end the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+from tqdm import tqdm
+
+from lwq.commands.context import RunContext
+from lwq.commands.points import Point
+from lwq.commands.stopping import StopSignals
+from lwq.modeling.prune import blocks_removed
+from lwq.results.claims import Claims
+from lwq.results.record import build_record, failed_record
+from lwq.results.tracking import tracked_values
+from lwq.runtime import peak_memory
+
+WAIT_SECONDS = 5.0  # between looks at points other processes are evaluating
+# Run-time failures of one point; anything else (bad input, a bug in lwq) stops the run.
+POINT_FAILURES = (RuntimeError, FloatingPointError, ArithmeticError)
+
+
+class NonFiniteMetric(FloatingPointError):
+    """The evaluation gave NaN: a broken point, not a measurement."""
+
+
+def evaluate_points(
+    ctx: RunContext, points: list[Point], stop: StopSignals, *, high: int, low: int
+) -> tuple[list[dict], list[dict]]:
+    """(records written, failures recorded) for every point not yet in the records."""
+    done = ctx.store.done_keys()
+    todo = [p for p in points if p.key not in done]
+    if len(todo) < len(points):
+        tqdm.write(f"{len(points) - len(todo)} of {len(points)} points already in {ctx.store.path}")
+    written: list[dict] = []
+    failed: list[dict] = []
+    applier = ctx.applier()
+    bar = tqdm(total=len(todo), desc=f"sweep {ctx.shared['model']}", unit="point")
+    try:
+        with Claims(ctx.store.path.parent / "claims") as claims:
+            while todo:
+                elsewhere = []
+                for point in todo:
+                    bar.set_postfix_str(point.label)
+                    if not claims.claim(point.key):
+                        elsewhere.append(point)  # another process is evaluating it
+                        continue
+                    try:
+                        if point.key not in ctx.store.done_keys():  # recorded meanwhile?
+                            record = _evaluate(ctx, applier, point, stop, high=high, low=low)
+                            _keep(ctx, record, written, failed)
+                    finally:
+                        claims.release(point.key)
+                    bar.update()
+                todo = _still_open(ctx, elsewhere, claims)
+    finally:
+        bar.close()
+        applier.restore()
+    return written, failed
+
+
+def _keep(ctx: RunContext, record: dict, written: list[dict], failed: list[dict]) -> None:
+    if record.get("status") == "failed":
+        failed.append(record)
+        return
+    ctx.tracker.log(len(written), tracked_values(record))
+    written.append(record)
+
+
+def _still_open(ctx: RunContext, elsewhere: list[Point], claims: Claims) -> list[Point]:
+    """Points other processes hold that are not recorded yet, after a wait."""
+    done = ctx.store.done_keys()
+    open_points = [p for p in elsewhere if p.key not in done]
+    if open_points:
+        holders = sorted(
+            {f"{h.get('host')}:{h.get('pid')}" for p in open_points if (h := claims.holder(p.key))}
+        )
+        tqdm.write(
+            f"{len(open_points)} points are being evaluated by {', '.join(holders) or 'others'};"
+            " waiting for them (a claim is taken over if its process dies)"
+        )
+        time.sleep(WAIT_SECONDS)
+    return open_points
+
+
+def _evaluate(ctx: RunContext, applier, point: Point, stop: StopSignals, *, high, low) -> dict:
+    """Install, evaluate and record one point (or its failure); returns the record."""
+    try:
+        quantize = _install(applier, point, ctx.device)
+        started = time.time()
+        with peak_memory(ctx.device) as eval_memory, _removed(ctx, point):
+            result = ctx.suite.evaluate(ctx.model, ctx.tokenizer)
+        _check_finite(result)
+        record = build_record(
+            ctx.shared,
+            kind=point.kind,
+            key=point.key,
+            result=result,
+            eval_memory=eval_memory,
+            eval_seconds=time.time() - started,
+            **_plan_fields(ctx, point, quantize, high=high, low=low),
+        )
+    except POINT_FAILURES as err:
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+        tqdm.write(f"{point.label}: failed ({reason}); recorded as failed, a rerun retries it")
+        record = failed_record(
+            ctx.shared, kind=point.kind, key=point.key, k=point.k, plan=point.plan, reason=reason
+        )
+    with stop.critical():  # a record is written whole or not at all
+        ctx.store.append(record)
+    return record
+
+
+def _check_finite(result: dict) -> None:
+    for task, metrics in result["tasks"].items():
+        for name, value in metrics.items():
+            if isinstance(value, float) and math.isnan(value):
+                raise NonFiniteMetric(f"{task} {name} is NaN")
+
+
+def _install(applier, point: Point, device: torch.device) -> dict:
+    """Apply the point's plan; the quantize part of its record: seconds and peak memory."""
+    started = time.time()
+    with peak_memory(device) as memory:
+        applier.apply(point.plan)
+    return {"seconds": time.time() - started, "memory": memory}
+
+
+def _removed(ctx: RunContext, point: Point):
+    """The pruning baseline's blocks out of the model while the point is evaluated."""
+    if not point.removed:
+        return nullcontext()
+    return blocks_removed(ctx.model, ctx.blocks, list(point.removed))
+
+
+def _plan_fields(ctx: RunContext, point: Point, quantize: dict, *, high: int, low: int) -> dict:
+    """What build_record needs of the point besides its result (nothing plan-like for the
+    reference: it is the model as loaded)."""
+    if point.kind == "reference":
+        return {}
+    return {
+        "plan": point.plan,
+        "cost": ctx.sizes.cost(point.plan, point.removed),
+        "k": point.k,
+        "high": high,
+        "low": None if point.kind == "pruned" else low,
+        "quantize": quantize,
+        "fields": point.fields,
+    }

@@ -1,0 +1,208 @@
+"""Reliability of whole sweeps (run.py in subprocesses, as on a cluster): records survive
+SIGKILL at random moments, concurrent sweeps share points without evaluating any twice,
+a dead process's claim is taken over, SIGTERM stops cleanly, failed points are recorded
+and retried, and the same command gives the same records in two fresh directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lwq.commands.sweep import run_sweep
+from lwq.errors import PointsFailed
+from lwq.results.store import RecordStore
+from tests.conftest import REF_MODEL, ROOT, compose_config
+
+pytestmark = pytest.mark.slow  # each test runs several sweeps as processes
+
+SWEEP = [
+    f"model.path={REF_MODEL}",
+    "tracking=none",
+    "sweep.fractions=[0,0.2,0.4,0.6,0.8,1]",
+    "eval.limit=2",
+    "eval.chunk_chars=1500",
+    "calib.samples=4",
+    "calib.seq_len=64",
+]
+POINTS = 7  # the reference and six fractions
+VOLATILE = ("time", "seconds", "quantize_seconds", "eval_memory", "quantize_memory", "checksum")
+
+
+def _start(results: Path, *extra: str) -> subprocess.Popen:
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "run.py", *SWEEP, f"paths.results={results}", *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(results: Path, *extra: str) -> subprocess.CompletedProcess:
+    process = _start(results, *extra)
+    _, stderr = process.communicate(timeout=900)
+    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
+
+
+def _store(results: Path) -> RecordStore:
+    return RecordStore(results / "ref-tiny" / "records.jsonl")
+
+
+def _comparable(record: dict) -> dict:
+    """A record without what legitimately differs between runs: times, memory, paths."""
+    out = {k: v for k, v in record.items() if k not in VOLATILE}
+    out["config"] = {k: v for k, v in record["config"].items() if k != "paths"}
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[str, dict]:
+    results = tmp_path_factory.mktemp("uninterrupted") / "results"
+    assert _finish(results).returncode == 0
+    return {r["point_key"]: r for r in _store(results).read()}
+
+
+def _wait_for_a_claim(results: Path, process: subprocess.Popen, seen: set) -> bool:
+    """Until the process claims a point it did not claim before (False if it ended)."""
+    claims = results / "ref-tiny" / "claims"
+    while process.poll() is None:
+        new = {p.name for p in claims.glob("*.claim")} - seen if claims.is_dir() else set()
+        if new:
+            seen |= new
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sigkill_at_random_moments_loses_nothing_and_changes_no_number(tmp_path, uninterrupted):
+    results, rng, kills, seen = tmp_path / "results", random.Random(7), 0, set()
+    while kills < 5:
+        process = _start(results)
+        if _wait_for_a_claim(results, process, seen):
+            time.sleep(rng.uniform(0.0, 1.5))  # in the middle of a point, or its record
+            process.send_signal(signal.SIGKILL)
+            kills += process.wait() == -signal.SIGKILL
+        else:
+            pytest.fail(f"the sweep ended before kill {kills + 1}: {process.stderr.read()}")
+    for _ in range(3):
+        if _finish(results).returncode == 0:
+            break
+    store = _store(results)
+    records = store.read()
+    keys = [r["point_key"] for r in records]
+    assert sorted(keys) == sorted(uninterrupted) and len(keys) == len(set(keys)) == POINTS
+    for record in records:
+        assert _comparable(record) == _comparable(uninterrupted[record["point_key"]])
+    assert kills == 5
+
+
+def test_two_sweeps_at_once_record_every_point_exactly_once(tmp_path, uninterrupted):
+    results = tmp_path / "results"
+    first, second = _start(results), _start(results)
+    assert first.wait(timeout=900) == 0 and second.wait(timeout=900) == 0
+    records = _store(results).read()
+    keys = [r["point_key"] for r in records]
+    assert sorted(keys) == sorted(uninterrupted) and len(keys) == POINTS
+    assert _store(results).scan().damaged == []
+
+
+def test_the_claim_of_a_killed_process_is_taken_over(tmp_path, uninterrupted):
+    results = tmp_path / "results"
+    owner, seen = _start(results), set()
+    assert _wait_for_a_claim(results, owner, seen)
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    (claimed,) = seen
+    assert (results / "ref-tiny" / "claims" / claimed).exists()  # left behind by the dead
+    assert _finish(results).returncode == 0
+    keys = [r["point_key"] for r in _store(results).read()]
+    assert claimed.removesuffix(".claim") in keys
+    assert sorted(keys) == sorted(uninterrupted)
+    assert not list((results / "ref-tiny" / "claims").glob("*.claim"))
+
+
+def test_sigterm_stops_cleanly_and_a_rerun_completes(tmp_path, uninterrupted):
+    results, seen = tmp_path / "results", set()
+    process = _start(results)
+    assert _wait_for_a_claim(results, process, seen)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 3, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("stopped by")]
+    assert len(lines) == 1 and "run the same command again to resume" in lines[0], stderr
+    recorded = len(_store(results).done_keys())
+    assert f"{recorded} of {POINTS} points are in" in lines[0]
+    assert not list((results / "ref-tiny" / "claims").glob("*.claim"))  # released
+    assert _store(results).scan().damaged == []
+    assert _finish(results).returncode == 0
+    assert sorted(_store(results).done_keys()) == sorted(uninterrupted)
+
+
+def test_a_record_cut_mid_object_is_redone_alone(tmp_path, uninterrupted):
+    results = tmp_path / "results"
+    assert _finish(results).returncode == 0
+    path = _store(results).path
+    whole = path.read_bytes()
+    last = json.loads(whole.splitlines()[-1])
+    cut = whole.rindex(b'"eval": {')  # inside the last record's nested metrics
+    path.write_bytes(whole[: cut + 20])
+    rerun = _finish(results)
+    assert rerun.returncode == 0 and f"{path}:{POINTS} is a damaged record" in rerun.stderr
+    records = _store(results).read()
+    assert [r["point_key"] for r in records][-1] == last["point_key"]
+    assert len(records) == POINTS  # only that point was evaluated again
+
+
+def test_the_same_command_gives_the_same_records_in_a_fresh_directory(tmp_path, uninterrupted):
+    results = tmp_path / "results"
+    assert _finish(results).returncode == 0
+    again = {r["point_key"]: r for r in _store(results).read()}
+    assert again.keys() == uninterrupted.keys()
+    for key, record in again.items():
+        assert _comparable(record) == _comparable(uninterrupted[key])
+    scores = sorted((results / "cache" / "scores").glob("*.json"))
+    assert scores and all(json.loads(p.read_text())["values"] for p in scores)
+
+
+def test_a_failing_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries(tmp_path, monkeypatch):
+    from lwq.evaluation.suite import Suite
+
+    evaluate, calls = Suite.evaluate, []
+
+    def flaky(self, model, tokenizer):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return evaluate(self, model, tokenizer)
+
+    monkeypatch.setattr(Suite, "evaluate", flaky)
+    run = compose_config(*SWEEP, f"paths.results={tmp_path / 'results'}")
+    with pytest.raises(PointsFailed, match="1 of 7 points failed"):
+        run_sweep(run)
+    store = _store(tmp_path / "results")
+    failed = [r for r in store.read() if r.get("status") == "failed"]
+    assert len(failed) == 1 and failed[0]["error"].startswith("RuntimeError: CUDA out of memory")
+    assert len(store.done_keys()) == POINTS - 1
+    written = run_sweep(run)  # the rerun evaluates the failed point only
+    assert [r["point_key"] for r in written] == [failed[0]["point_key"]]
+    assert len(store.done_keys()) == POINTS
+
+
+def test_records_name_their_provenance(uninterrupted):
+    record = next(iter(uninterrupted.values()))
+    assert record["seed"] == 0 and set(record["code"]) == {"commit", "dirty"}
+    assert {"torch", "transformers", "lm-eval"} <= set(record["versions"])
+    assert record["weights_sha256"] == {
+        "model.safetensors": json.loads((REF_MODEL / "card.json").read_text())["weights_sha256"]
+    }
+    assert "ref-heldout" in record["data_sha256"] and "ref-calib" in record["data_sha256"]
