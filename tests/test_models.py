@@ -233,3 +233,19 @@ def test_load_model_offline_says_not_cached(monkeypatch):
         load_model("lwq-tests/not-a-cached-model", dtype=torch.float32, device=torch.device("cpu"))
     assert "model.path" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_pickle_weights_load_only_when_the_user_opts_in(tmp_path):
+    """A checkpoint with only a .bin (pickle) file is refused; allow_pickle loads it."""
+    model = shrunk_model("llama", blocks=2)
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # transformers 5 writes none
+    tiny_tokenizer().save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.safetensors")) and list(tmp_path.glob("*.bin"))
+    options = {"dtype": torch.float32, "device": torch.device("cpu")}
+    with pytest.raises(ModelNotFoundError, match="no safetensors weights.*allow_pickle=true"):
+        load_model(str(tmp_path), **options)
+    loaded, _ = load_model(str(tmp_path), allow_pickle=True, **options)
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
