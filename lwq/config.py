@@ -24,7 +24,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from lwq.data import check_text_source
 from lwq.errors import LwqError
-from lwq.evaluation.suite import EvalSpec
+from lwq.evaluation.divergence import TOP_K
+from lwq.evaluation.suite import CROSS_CHECKS, EvalSpec
 from lwq.metrics import METRICS
 from lwq.plan import Plan, blocks_for_fraction, read_plan_file
 from lwq.quant import BACKENDS, check_bits, make_backend
@@ -111,7 +112,8 @@ class QuantSpec:
 class EvalConfig:
     spec: EvalSpec  # what is evaluated (every field changes the numbers)
     batch_size: int  # speed only
-    cross_check: bool  # also compute lwq's own perplexity()
+    cross_check: str  # where lwq's own perplexity pass runs without KL: reference | all | none
+    kl_top_k: int | None  # KL divergence to the unquantized model; None = off
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class RunConfig:
     command: str
     device: str
     seed: int
+    verbose: bool  # lm-eval's own progress bars and warnings
     model: ModelSpec
     calib: CalibSpec
     metric: MetricSpec
@@ -226,6 +229,7 @@ def from_hydra(cfg: DictConfig) -> RunConfig:
         command=command,
         device=device,
         seed=_int(plain.get("seed", 0), "seed"),
+        verbose=bool(plain.get("verbose", False)),
         model=model,
         calib=calib,
         metric=metric,
@@ -406,7 +410,21 @@ def _eval(node: dict) -> EvalConfig:
         bootstrap_iters=_int(node.get("bootstrap_iters", 1000), "eval.bootstrap_iters"),
     )
     batch_size = _positive_int(node["batch_size"], "eval.batch_size")
-    return EvalConfig(spec, batch_size, bool(node.get("cross_check", False)))
+    kl = node.get("kl", False)
+    if not isinstance(kl, bool):
+        raise LwqError(f"eval.kl={kl!r} must be true or false")
+    top_k = _positive_int(node.get("kl_top_k", TOP_K), "eval.kl_top_k")
+    if kl and not spec.text:
+        raise LwqError("eval.kl=true needs a held-out text (eval.text); this suite has none")
+    return EvalConfig(
+        spec, batch_size, _cross_check(node.get("cross_check")), top_k if kl else None
+    )
+
+
+def _cross_check(value) -> str:
+    """`reference` (default), `all` or `none`; true/false meant all/none before."""
+    value = {True: "all", False: "none", None: "reference"}.get(value, value)
+    return _choice(value, CROSS_CHECKS, "eval.cross_check")
 
 
 def _tracking(node: dict) -> TrackingSpec:

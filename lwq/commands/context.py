@@ -35,7 +35,7 @@ from lwq.results.keys import quant_identity, score_key
 from lwq.results.record import shared_fields
 from lwq.results.store import RecordStore
 from lwq.results.tracking import make_tracker
-from lwq.runtime import pick_device, pick_dtype, resolve_model_path
+from lwq.runtime import digest, pick_device, pick_dtype, resolve_model_path
 
 CAPTURE_BATCH = 8  # calibration sequences per forward when capturing block inputs
 
@@ -66,6 +66,7 @@ class RunContext:
     cache_dir: Path
     calibration: Callable[[], torch.Tensor]
     suite: Suite | None = None
+    kl_cache: Path | None = None  # the unquantized model's held-out distributions, for KL
     store: RecordStore | None = None
     tracker: object = None
     shared: dict = field(default_factory=dict)  # fields every record of the run has
@@ -126,6 +127,9 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
     )
     if evaluate:
         context.suite = suite
+        if suite.kl_key() is not None:
+            key = digest({"model": identity.model, **suite.kl_key()})
+            context.kl_cache = run.paths.cache / "kl" / f"{key}.safetensors"
         context.store = RecordStore(run.paths.results / run.model.name / "records.jsonl")
         context.store.read()  # reports damaged lines once, with their line numbers
         context.shared = shared_fields(
@@ -173,6 +177,8 @@ def make_suite(run: RunConfig) -> Suite:
         workdir=run.paths.cache / "tasks",
         batch_size=e.batch_size,
         cross_check=e.cross_check,
+        kl_top_k=e.kl_top_k,
+        verbose=run.verbose,
     )
 
 

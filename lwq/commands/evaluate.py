@@ -48,6 +48,8 @@ def evaluate_points(
         tqdm.write(f"{len(points) - len(todo)} of {len(points)} points already in {ctx.store.path}")
     written: list[dict] = []
     failed: list[dict] = []
+    if todo and ctx.kl_cache is not None:  # before any plan is installed: the model as loaded
+        ctx.suite.prepare_reference(ctx.model, ctx.tokenizer, ctx.kl_cache)
     applier = ctx.applier()
     bar = tqdm(total=len(todo), desc=f"sweep {ctx.shared['model']}", unit="point")
     try:
@@ -103,7 +105,9 @@ def _evaluate(ctx: RunContext, applier, point: Point, stop: StopSignals, *, high
         quantize = _install(applier, point, ctx.device)
         started = time.time()
         with peak_memory(ctx.device) as eval_memory, _removed(ctx, point):
-            result = ctx.suite.evaluate(ctx.model, ctx.tokenizer)
+            result = ctx.suite.evaluate(
+                ctx.model, ctx.tokenizer, reference_point=point.kind == "reference"
+            )
         _check_finite(result)
         record = build_record(
             ctx.shared,

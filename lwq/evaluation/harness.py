@@ -58,6 +58,7 @@ class Harness:
         max_length: int,
         limit: int | None = None,
         bootstrap_iters: int = 1000,
+        verbose: bool = False,
     ) -> None:
         _check_tasks(tasks, limit)
         _check_positive(batch_size=batch_size, max_length=max_length, limit=limit)
@@ -67,10 +68,11 @@ class Harness:
         self.max_length = max_length
         self.limit = limit
         self.bootstrap_iters = bootstrap_iters
+        self.verbose = verbose
         self._lms: dict[tuple, Any] = {}
         if not any(task.documents() is None for task in self.tasks):
             _go_offline()  # hub tasks load their data once, below; everything else is local
-        _quiet_lm_eval()
+        _quiet_lm_eval(verbose)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for task in self.tasks:
             self._write_task(task)
@@ -109,6 +111,10 @@ class Harness:
         """{task: version} as lm-eval reports it in a result's "versions"."""
         return {name: task.VERSION for name, task in self._loaded.items()}
 
+    def fewshot(self) -> dict[str, int]:
+        """{task: number of few-shot examples in each prompt}."""
+        return {name: task.get_config("num_fewshot") for name, task in self._loaded.items()}
+
     def items(self) -> dict[str, int]:
         """{task: number of documents evaluated at every call}."""
         counts = {}
@@ -129,6 +135,7 @@ class Harness:
                 max_length=self.max_length,
                 **options,
             )
+            lm.lwq_quiet = not self.verbose
             held = self._lms[key] = (model, tokenizer, lm)
         return held[2]
 
@@ -232,6 +239,22 @@ def _hflm():
     from lm_eval.models.huggingface import HFLM
 
     class EncodeOnceHFLM(HFLM):
+        lwq_quiet = False  # True: no progress bar per request type (the sweep has its own)
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm or self.lwq_quiet)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm or self.lwq_quiet)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm or self.lwq_quiet)
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **options):
+            # loglikelihood_rolling asks for a bar per batch of windows whatever it is told
+            quiet = disable_tqdm or self.lwq_quiet
+            return super()._loglikelihood_tokens(requests, disable_tqdm=quiet, **options)
+
         def _encode_pair(self, context: str, continuation: str):
             pairs = self.__dict__.setdefault("_lwq_pairs", {})
             if (context, continuation) not in pairs:
@@ -270,12 +293,13 @@ def _go_offline() -> None:
     huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
-def _quiet_lm_eval() -> None:
-    """lm-eval's info lines and `datasets`' "Generating test split" bars say nothing a
-    sweep's own progress does not."""
+def _quiet_lm_eval(verbose: bool) -> None:
+    """lm-eval's info lines and known warnings (an in-memory model "is not of type str")
+    and `datasets`' "Generating test split" bars say nothing a sweep's own progress does
+    not; `verbose` keeps lm-eval's warnings."""
     import datasets
 
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING if verbose else logging.ERROR)
     datasets.disable_progress_bars()
 
 

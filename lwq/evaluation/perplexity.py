@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,20 +76,40 @@ def rolling_windows(ids: list[int], prefix: int, max_length: int) -> list[tuple[
     return windows
 
 
-@torch.no_grad()
-def perplexity(
-    model, tokenizer, texts: list[str], *, max_length: int, batch_size: int = 8
-) -> Perplexity:
-    """Perplexity of `model` on `texts`, each scored on its own (no text sees another)."""
+TargetsHook = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def token_windows(tokenizer, texts: list[str], max_length: int) -> list[tuple[list, list]]:
+    """Every (inputs, targets) window of `texts`, text after text, as `perplexity` reads them."""
     prefix = prefix_token_id(tokenizer)
     windows = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         windows.extend(rolling_windows(ids, prefix, max_length))
+    return windows
+
+
+@torch.no_grad()
+def perplexity(
+    model,
+    tokenizer,
+    texts: list[str],
+    *,
+    max_length: int,
+    batch_size: int = 8,
+    each: TargetsHook | None = None,
+) -> Perplexity:
+    """Perplexity of `model` on `texts`, each scored on its own (no text sees another).
+
+    `each(logprobs, targets)`, if given, sees every window's (T, V) next-token
+    log-probabilities at its T targets, in order: one forward pass serves a second measure
+    (the KL divergence of lwq.evaluation.divergence).
+    """
+    windows = token_windows(tokenizer, texts, max_length)
     device = next(model.parameters()).device
     nll = 0.0
     for i in range(0, len(windows), batch_size):
-        nll += _batch_nll(model, windows[i : i + batch_size], device)
+        nll += _batch_nll(model, windows[i : i + batch_size], device, each)
     return Perplexity(
         nll=nll,
         tokens=sum(len(t) for _, t in windows),
@@ -97,7 +118,9 @@ def perplexity(
     )
 
 
-def _batch_nll(model, windows: list[tuple[list, list]], device: torch.device) -> float:
+def _batch_nll(
+    model, windows: list[tuple[list, list]], device: torch.device, each: TargetsHook | None
+) -> float:
     """Summed NLL of the targets of a batch of right-padded windows (targets end-aligned)."""
     width = max(len(inp) for inp, _ in windows)
     inputs = torch.zeros(len(windows), width, dtype=torch.long)
@@ -109,6 +132,9 @@ def _batch_nll(model, windows: list[tuple[list, list]], device: torch.device) ->
         mask[row, : len(inp)] = 1
     logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits
     logprobs = F.log_softmax(logits.float(), dim=-1)  # (B, S, V)
+    if each is not None:
+        for row, (inp, tgt) in enumerate(windows):
+            each(logprobs[row, len(inp) - len(tgt) : len(inp)], torch.tensor(tgt))  # (T, V)
     return F.nll_loss(
         logprobs.transpose(1, 2), targets.to(device), ignore_index=-100, reduction="sum"
     ).item()

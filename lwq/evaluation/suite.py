@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lwq.data import chunk_documents, load_texts, seeded_subset, source_files
 from lwq.errors import LwqError
+from lwq.evaluation.divergence import KLMeter, ReferenceTopK, TopKCollector
 from lwq.evaluation.harness import Harness, PerplexityTask, lm_eval_version
 from lwq.evaluation.local_data import local_files
-from lwq.evaluation.perplexity import perplexity
+from lwq.evaluation.perplexity import perplexity, token_windows
 from lwq.evaluation.tasks import averaged, benchmark_task, check_tasks
 
 CROSS_CHECK_TOLERANCE = 1e-3  # relative; float32 batching noise is ~1e-6
+KL_VERSION = 1  # of the stored reference's layout; bump when it changes
 AVERAGED_METRICS = ("acc", "acc_norm")
 
 
@@ -63,27 +67,47 @@ class EvalSpec:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
 
+CROSS_CHECKS = ("reference", "all", "none")
+
+
 class Suite:
-    """lm-eval on the prepared tasks, plus perplexity() on the same texts as a cross-check.
+    """lm-eval on the prepared tasks; on the held-out text also lwq's own perplexity pass,
+    which measures the KL divergence from the unquantized model and cross-checks lm-eval.
 
     All data is read, converted and subset here, once; `workdir/<spec digest>/` holds
     the suite's task files, so suites of parallel jobs never overwrite each other's.
+    `cross_check` says on which points lwq's own pass runs when no KL needs it:
+    `reference` (the unquantized model), `all` or `none`. `kl_top_k` (None = no KL) is
+    the number of reference log-probabilities kept per token (lwq.evaluation.divergence).
     """
 
     def __init__(
-        self, spec: EvalSpec, *, data_dir: Path, workdir: Path, batch_size: int, cross_check: bool
+        self,
+        spec: EvalSpec,
+        *,
+        data_dir: Path,
+        workdir: Path,
+        batch_size: int,
+        cross_check: str = "reference",
+        kl_top_k: int | None = None,
+        verbose: bool = False,
     ) -> None:
+        if cross_check not in CROSS_CHECKS:
+            raise LwqError(f"eval.cross_check={cross_check}; use one of {', '.join(CROSS_CHECKS)}")
         self.spec = spec
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
-        self.cross_check = cross_check and bool(spec.text)
+        self.cross_check = cross_check if spec.text else "none"
+        self.kl_top_k = kl_top_k if spec.text else None
+        self.reference: ReferenceTopK | None = None
         self.texts: list[str] = []
         self.task_name = None
+        self._counts: dict[str, int] = {}
         tasks = []
         if spec.text:
             chunks = chunk_documents(load_texts(spec.text, data_dir), spec.chunk_chars)
             self.texts = seeded_subset(chunks, spec.limit, spec.seed)
-            self.task_name = f"lwq_{spec.name}_{spec.text}".replace("-", "_").replace(":", "_")
+            self.task_name = text_task_name(spec.name, spec.text)
             tasks.append(PerplexityTask(self.task_name, tuple(self.texts)))
         for name in spec.tasks:
             limit = spec.limit_for(name)
@@ -98,27 +122,78 @@ class Suite:
             batch_size=batch_size,
             max_length=spec.max_length,
             bootstrap_iters=spec.bootstrap_iters,
+            verbose=verbose,
         )
 
-    def evaluate(self, model, tokenizer) -> dict:
+    def prepare_reference(self, model, tokenizer, cache: Path) -> None:
+        """The unquantized model's top-k distributions on the held-out text, for KL: read
+        from `cache` (a file per model and suite) or computed now on `model`, which must be
+        the model as loaded."""
+        if self.kl_top_k is None or self.reference is not None:
+            return
+        if cache.is_file():
+            self.reference = ReferenceTopK.load(cache)
+            return
+        collector = TopKCollector(self.kl_top_k)
+        perplexity(
+            model,
+            tokenizer,
+            self.texts,
+            max_length=self.spec.max_length,
+            batch_size=self.batch_size,
+            each=collector,
+        )
+        self.reference = collector.result()
+        self.reference.save(cache)
+
+    def evaluate(self, model, tokenizer, *, reference_point: bool = False) -> dict:
         """{"tasks": {task: {metric: value, metric_stderr: value}},
-        "average": {"acc": mean, "acc_norm": mean} or None, "cross_check": {...} or None}.
+        "average": {"acc": mean, "acc_norm": mean} or None,
+        "kl": {"mean", "p99", "top1_agreement", "tokens", "top_k"} or None,
+        "cross_check": {...} or None}.
+
+        The held-out text's task also gets `token_perplexity`: lm-eval's own log-likelihood
+        per token (its word perplexity renormalised by the tokens of the same texts).
         """
         tasks = self.harness.evaluate(model, tokenizer, desc=f"eval {self.spec.name}")
-        check = None
-        if self.cross_check:
+        if self.task_name:
+            tasks[self.task_name]["token_perplexity"] = self._token_perplexity(
+                tasks[self.task_name], tokenizer
+            )
+        wanted = self.cross_check == "all" or (self.cross_check == "reference" and reference_point)
+        check = kl = None
+        if self.kl_top_k is not None or wanted:
+            if self.kl_top_k is not None and self.reference is None:
+                raise LwqError("the KL reference is not prepared; call prepare_reference first")
+            meter = KLMeter(self.reference) if self.kl_top_k is not None else None
             ppl = perplexity(
                 model,
                 tokenizer,
                 self.texts,
                 max_length=self.spec.max_length,
                 batch_size=self.batch_size,
+                each=meter,
             )
-            check = ppl.as_dict()
-            lm_eval_value = tasks[self.task_name]["byte_perplexity"]
-            check["relative_difference"] = abs(ppl.byte_perplexity / lm_eval_value - 1)
-            check["agrees"] = check["relative_difference"] <= CROSS_CHECK_TOLERANCE
-        return {"tasks": tasks, "average": average(tasks), "cross_check": check}
+            check = self._cross_check(ppl, tasks[self.task_name])
+            kl = meter.stats() if meter else None
+        return {"tasks": tasks, "average": average(tasks), "kl": kl, "cross_check": check}
+
+    def _cross_check(self, ppl, lm_eval_metrics: dict) -> dict:
+        check = ppl.as_dict()
+        lm_eval_value = lm_eval_metrics["byte_perplexity"]
+        check["relative_difference"] = abs(ppl.byte_perplexity / lm_eval_value - 1)
+        check["agrees"] = check["relative_difference"] <= CROSS_CHECK_TOLERANCE
+        return check
+
+    def _token_perplexity(self, metrics: dict, tokenizer) -> float:
+        """exp(NLL / tokens) from lm-eval's exp(NLL / words): the same NLL, counted per token
+        (tokens as lm-eval and perplexity() tokenize each text: no special tokens)."""
+        if not self._counts:
+            windows = token_windows(tokenizer, self.texts, self.spec.max_length)
+            self._counts["tokens"] = sum(len(t) for _, t in windows)
+            self._counts["words"] = sum(len(re.split(r"\s+", text)) for text in self.texts)
+        nll = math.log(metrics["word_perplexity"]) * self._counts["words"]
+        return math.exp(nll / self._counts["tokens"])
 
     def data_files(self) -> list[Path]:
         """Every local file the suite's documents were read from (records hash them)."""
@@ -131,19 +206,41 @@ class Suite:
         """What changes the numbers, as plain data for record keys: the spec."""
         return asdict(self.spec)
 
+    def kl_key(self) -> dict | None:
+        """What the KL reference depends on besides the model (None without KL)."""
+        if self.kl_top_k is None:
+            return None
+        return {"eval": self.identity(), "top_k": self.kl_top_k, "version": KL_VERSION}
+
     def provenance(self) -> dict:
         """How the numbers were made: lm-eval and task versions, data source, item counts."""
         out = {
             "lm_eval_version": lm_eval_version(),
             "task_versions": self.harness.task_versions(),
+            "num_fewshot": self.harness.fewshot(),
             "items": self.harness.items(),
             "bootstrap_iters": self.spec.bootstrap_iters,
         }
         if self.spec.tasks:
             out["source"] = self.spec.source
         if self.texts:
-            out |= {"documents": len(self.texts), "characters": sum(len(t) for t in self.texts)}
+            out |= {
+                "text": self.spec.text,  # a file: source keeps its path here
+                "documents": len(self.texts),
+                "characters": sum(len(t) for t in self.texts),
+            }
+        if self.kl_top_k is not None:
+            out["kl_top_k"] = self.kl_top_k
         return out
+
+
+def text_task_name(suite: str, source: str) -> str:
+    """The lm-eval task name of a held-out text: readable for named sources, a short hash of
+    the path for `file:` sources (a path may hold any character; the record keeps it)."""
+    if source.startswith("file:"):
+        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:10]
+        return f"lwq_{suite}_file_{digest}"
+    return f"lwq_{suite}_{source}".replace("-", "_")
 
 
 def average(tasks: dict[str, dict[str, float]]) -> dict[str, float] | None:

@@ -11,7 +11,8 @@ Contracts (plots/README.md documents them for users):
   seed and is averaged over seeds with a min-max band, any other metric keeps its newest
   sweep. Within a sweep the newest record per `k` wins.
 - Performance is `eval.tasks[<task>][<metric>]`, or `eval[<entry>][<metric>]` for
-  entries beside the tasks (`average:acc`, `cross_check:token_perplexity`).
+  entries beside the tasks (`average:acc`, `kl:mean`, `kl:top1_agreement`,
+  `cross_check:token_perplexity`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 from lwq.errors import LwqError
 from lwq.results.store import RecordStore
 
-_NOT_IN_SETTING = ("batch_size", "cross_check")  # change speed or extras, not the numbers
+# Change speed or extras, not the numbers every figure reads.
+_NOT_IN_SETTING = ("batch_size", "cross_check", "kl", "kl_top_k")
 _LOWER_IS_BETTER = ("perplexity", "bits_per_byte")
 
 
@@ -110,16 +112,25 @@ class Perf:
         return float(value) if ok and math.isfinite(value) else None
 
     @property
+    def is_kl(self) -> bool:
+        """KL divergence to the unquantized model (`kl:mean`, `kl:p99`)."""
+        return self.source == "kl" and self.metric in ("mean", "p99")
+
+    @property
     def lower_is_better(self) -> bool:
-        return any(word in self.metric for word in _LOWER_IS_BETTER)
+        return self.is_kl or any(word in self.metric for word in _LOWER_IS_BETTER)
 
     @property
     def log_scale(self) -> bool:
-        """Perplexities are compared on a log scale (ratios, not differences, matter)."""
-        return self.scale == "log" or (self.scale == "auto" and "perplexity" in self.metric)
+        """Perplexities and KL divergences are compared on a log scale (ratios matter)."""
+        auto = "perplexity" in self.metric or self.is_kl
+        return self.scale == "log" or (self.scale == "auto" and auto)
 
     def axis_label(self) -> str:
         better = "lower" if self.lower_is_better else "higher"
+        if self.source == "kl":
+            what = {"mean": "mean KL", "p99": "99th-percentile KL"}.get(self.metric, self.metric)
+            return f"{what.replace('_', ' ')} to the unquantized model\n({better} is better)"
         source = self.source.removeprefix("lwq_")
         return f"{self.metric.replace('_', ' ')} on {source}\n({better} is better)"
 

@@ -1,12 +1,21 @@
-"""The table printed at the end of a sweep: one row per point, read from the records."""
+"""The table printed at the end of a sweep: one row per point, read from the records.
+
+Each row names the ordering that made it (metric, seed, reversed, pruned) beside its k,
+and a `*` marks the best row among the points with the same average bits (by the first
+of: token perplexity, KL, byte perplexity, average accuracy), so five random seeds and
+the LIM order at k = 5 read as a comparison, not as five rows labelled `k=5`.
+"""
 
 from __future__ import annotations
 
+import math
+
 _SKIP = ("_stderr", "bits_per_byte")
+_RANKED_BY = ("token_perplexity", "kl:mean", "byte_perplexity", "average:acc")
 
 
 def metric_columns(record: dict) -> dict[str, float]:
-    """Headline numbers of one record: each task's metrics, then the cross-check's."""
+    """Headline numbers of one record: each task's metrics, the averages, the KL."""
     columns = {}
     for task, metrics in record["eval"]["tasks"].items():
         short = task.removeprefix("lwq_")
@@ -15,44 +24,81 @@ def metric_columns(record: dict) -> dict[str, float]:
                 columns[f"{short}:{name}"] = value
     for name, value in (record["eval"].get("average") or {}).items():
         columns[f"average:{name}"] = value
-    check = record["eval"].get("cross_check")
-    if check:
-        columns["token_ppl"] = check["token_perplexity"]
+    kl = record["eval"].get("kl")
+    if kl:
+        columns["kl:mean"] = kl["mean"]
+        columns["kl:top1_agreement"] = kl["top1_agreement"]
     return columns
 
 
-def _label(record: dict) -> str:
-    """unquantized, k=5 (quantized), pruned k=5, allocated, manual."""
+def label(record: dict) -> str:
+    """unquantized | ldi k=5 | random seed=1 k=5 | ldi reversed pruned k=5 | allocated | manual."""
     kind = record["kind"]
     if kind == "reference":
         return "unquantized"
-    if kind in ("quantized", "pruned"):
-        return f"{'pruned ' if kind == 'pruned' else ''}k={record['k']}"
-    return kind
+    if kind not in ("quantized", "pruned"):
+        return kind
+    parts = [record.get("metric", "?")]
+    seed = (record.get("metric_settings") or {}).get("seed")
+    if seed is not None:
+        parts.append(f"seed={seed}")
+    if record.get("reverse"):
+        parts.append("reversed")
+    if kind == "pruned":
+        parts.append("pruned")
+    return " ".join([*parts, f"k={record['k']}"])
 
 
 def format_table(records: list[dict]) -> str:
-    """Fixed-width text table sorted with the reference first, then by fraction."""
+    """Fixed-width text table: the reference first, then by falling average bits."""
     rows = [r for r in records if r.get("status", "ok") == "ok"]  # failed points: not measured
-    rows = sorted(rows, key=lambda r: (r["kind"] != "reference", r.get("k") or 0))
+    rows.sort(key=lambda r: (r["kind"] != "reference", -r["avg_bits"], label(r)))
     if not rows:
         return "(no records)"
-    metric_names = list(metric_columns(rows[0]))
-    header = ["point", "fraction", "avg_bits", "bits/w", "MB", *metric_names]
+    metric_names = list(dict.fromkeys(m for r in rows for m in metric_columns(r)))
+    best = _best_per_average_bits(rows, metric_names)
+    header = ["point", "fraction", "avg_bits", "bits/w", "MB", *metric_names, "best"]
     lines = [header]
-    for r in rows:
+    for i, r in enumerate(rows):
         quantized = r["kind"] != "reference"
         lines.append(
             [
-                _label(r),
+                label(r),
                 "-" if r.get("fraction") is None else f"{r['fraction']:.3f}",
                 f"{r['avg_bits']:.3f}",
                 f"{r['bits_per_weight']:.3f}" if quantized else "-",
                 f"{r['weight_bytes'] / 1e6:.2f}" if quantized else "-",
                 *(f"{metric_columns(r).get(m, float('nan')):.4g}" for m in metric_names),
+                "*" if i in best else "",
             ]
         )
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(header))]
     return "\n".join(
-        "  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in lines
+        "  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in lines
     )
+
+
+def _best_per_average_bits(rows: list[dict], metric_names: list[str]) -> set[int]:
+    """Indices of the best quantized row at each average-bits value that has several."""
+    ranked = next(
+        (m for key in _RANKED_BY for m in metric_names if m == key or m.endswith(f":{key}")),
+        None,
+    )
+    if ranked is None:
+        return set()
+    sign = -1.0 if ranked.startswith("average:") else 1.0  # accuracy: higher is better
+    groups: dict[float, list[int]] = {}
+    for i, r in enumerate(rows):
+        value = metric_columns(r).get(ranked)
+        if r["kind"] in ("quantized", "allocated", "manual") and _finite(value):
+            groups.setdefault(round(r["avg_bits"], 9), []).append(i)
+    best = set()
+    for members in groups.values():
+        if len(members) > 1:
+            best.add(min(members, key=lambda i: sign * metric_columns(rows[i])[ranked]))
+    return best
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

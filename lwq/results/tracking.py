@@ -51,6 +51,8 @@ def tracked_values(record: dict) -> dict:
     flat = {f"{task}/{m}": v for task, ms in result["tasks"].items() for m, v in ms.items()}
     for metric, value in (result.get("average") or {}).items():
         flat[f"average/{metric}"] = value
+    for name, value in (result.get("kl") or {}).items():
+        flat[f"kl/{name}"] = value
     if result.get("cross_check"):
         flat["cross_check/token_perplexity"] = result["cross_check"]["token_perplexity"]
     k = record.get("k")
