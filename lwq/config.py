@@ -397,6 +397,19 @@ def _eval(node: dict) -> EvalConfig:
     for task, limit in (node.get("limits") or {}).items():
         if limit is not None:
             _positive_int(limit, f"eval.limits.{task}")
+    fewshot = dict(node.get("num_fewshot") or {})
+    for task, count in fewshot.items():
+        if _int(count, f"eval.num_fewshot.{task}") < 0:
+            raise LwqError(f"eval.num_fewshot.{task}={count} must be 0 or more")
+    include = node.get("include_path")
+    if include and not Path(include).expanduser().is_dir():
+        raise LwqError(f"eval.include_path={include} is not a directory of lm-eval task YAMLs")
+    local = dict(node.get("local") or {})
+    for task, entry in local.items():
+        if not isinstance(entry, dict) or "file" not in entry:
+            raise LwqError(f"eval.local.{task} must be {{file: <path>, fields: {{...}}}}")
+        if not Path(str(entry["file"])).expanduser().is_file():
+            raise LwqError(f"eval.local.{task}.file={entry['file']} not found")
     spec = EvalSpec(
         _name(node["name"], "eval.name"),
         node.get("text"),
@@ -408,6 +421,9 @@ def _eval(node: dict) -> EvalConfig:
         source=node.get("source", "local"),
         limits=dict(node.get("limits") or {}),
         bootstrap_iters=_int(node.get("bootstrap_iters", 1000), "eval.bootstrap_iters"),
+        num_fewshot=fewshot,
+        include_path=str(Path(include).expanduser().resolve()) if include else None,
+        local=local,
     )
     batch_size = _positive_int(node["batch_size"], "eval.batch_size")
     kl = node.get("kl", False)

@@ -19,8 +19,10 @@ import torch
 from lwq.config import RunConfig
 from lwq.data import calibration_ids, load_texts, source_files
 from lwq.errors import LwqError
-from lwq.evaluation.local_data import local_files
+from lwq.evaluation.index import load_index
+from lwq.evaluation.local_data import FILES, local_files
 from lwq.evaluation.suite import Suite
+from lwq.evaluation.tasks import check_task_names
 from lwq.metrics import METRICS, Scores
 from lwq.metrics.cache import cached_scores
 from lwq.modeling.blocks import find_blocks
@@ -157,9 +159,14 @@ def check_inputs(run: RunConfig, *, evaluate: bool) -> None:
     wanted = source_files(run.calib.text, run.paths.data)
     if evaluate:
         spec = run.eval.spec
+        include = Path(spec.include_path) if spec.include_path else None
+        check_task_names(
+            spec.tasks, source=spec.source, local=spec.local, include_path=include, index=load_index
+        )
         wanted += source_files(spec.text, run.paths.data) if spec.text else []
         if spec.source == "local":
-            wanted += [f for task in spec.tasks for f in local_files(task, run.paths.data)]
+            built_in = [t for t in spec.tasks if t in FILES and t not in spec.local]
+            wanted += [f for task in built_in for f in local_files(task, run.paths.data)]
     missing = [str(f) for f in wanted if not f.is_file()]
     if missing:
         raise LwqError(

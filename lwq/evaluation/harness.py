@@ -30,11 +30,11 @@ from tqdm.auto import tqdm
 
 from lwq.data import seeded_subset
 from lwq.errors import LwqError
-from lwq.evaluation.kinds import TASK_VERSION, BuiltinTask, PerplexityTask
+from lwq.evaluation.kinds import TASK_VERSION, BuiltinTask, PerplexityTask, UserTask
 
 __all__ = ["TASK_VERSION", "BuiltinTask", "Harness", "PerplexityTask", "lm_eval_version"]
 
-Task = PerplexityTask | BuiltinTask
+Task = PerplexityTask | BuiltinTask | UserTask
 FEWSHOT_SEED = 1234  # lm-eval's default fewshot seed (simple_evaluate); unused at zero-shot
 
 
@@ -59,6 +59,7 @@ class Harness:
         limit: int | None = None,
         bootstrap_iters: int = 1000,
         verbose: bool = False,
+        include_path: Path | None = None,
     ) -> None:
         _check_tasks(tasks, limit)
         _check_positive(batch_size=batch_size, max_length=max_length, limit=limit)
@@ -69,6 +70,7 @@ class Harness:
         self.limit = limit
         self.bootstrap_iters = bootstrap_iters
         self.verbose = verbose
+        self.include_path = None if include_path is None else Path(include_path).resolve()
         self._lms: dict[tuple, Any] = {}
         if not any(task.documents() is None for task in self.tasks):
             _go_offline()  # hub tasks load their data once, below; everything else is local
@@ -143,16 +145,20 @@ class Harness:
         """Index the workdir and build every task object once (zero-shot, lm-eval's seed)."""
         from lm_eval.tasks import TaskManager
 
-        # include_defaults=False: only our YAMLs; indexing lm-eval's built-in tasks costs ~6 s.
-        manager = TaskManager(include_path=str(self.workdir), include_defaults=False)
+        # include_defaults=False: only our YAMLs (and the user's); indexing lm-eval's
+        # built-in tasks costs ~6 s, and ours `include:` theirs by path anyway.
+        paths = [str(self.workdir)] + ([str(self.include_path)] if self.include_path else [])
+        manager = TaskManager(include_path=paths, include_defaults=False)
         names = [task.name for task in self.tasks]
         unindexed = [name for name in names if name not in manager.all_tasks]
         if unindexed:
             raise LwqError(f"lm-eval did not index tasks {unindexed} written to {self.workdir}")
         loaded = _load(manager, names, from_hub=any(t.documents() is None for t in self.tasks))
-        for task in loaded.values():  # what simple_evaluate does to every task it loads
-            if task.get_config("num_fewshot") is None:
-                task.set_config(key="num_fewshot", value=0)
+        fewshot = {task.name: task.num_fewshot for task in self.tasks}
+        for name, task in loaded.items():  # what simple_evaluate does to every task it loads
+            wanted = fewshot.get(name)  # None: a user task's own YAML decides
+            if wanted is not None or task.get_config("num_fewshot") is None:
+                task.set_config(key="num_fewshot", value=wanted or 0)
             task.set_fewshot_seed(seed=FEWSHOT_SEED)
             task.build_all_requests = _RequestsOnce(task)
         return loaded
@@ -163,6 +169,8 @@ class Harness:
         return seeded_subset(list(range(n)), task.limit, task.seed)
 
     def _write_task(self, task: Task) -> None:
+        if isinstance(task, UserTask):
+            return  # the user's YAML, read where it is
         data = self.workdir / f"{task.name}.jsonl"
         docs = task.documents()
         if docs is not None:

@@ -41,6 +41,7 @@ class PerplexityTask:
     name: str
     texts: tuple[str, ...]
 
+    num_fewshot: ClassVar[int] = 0
     split: ClassVar[str] = "test"
     # The prefix token (BOS, else EOS) already starts every text, so the tokenizer must not
     # add its own BOS: with HFLM's default (add_bos_token=None) a BOS-adding tokenizer puts
@@ -99,6 +100,7 @@ class BuiltinTask:
     docs: tuple[dict, ...] | None = None
     limit: int | None = None
     seed: int = 0
+    num_fewshot: int = 0  # examples in each prompt; with local docs, drawn from them
 
     lm_options: ClassVar[dict[str, Any]] = {}  # lm-eval's defaults, as its numbers are reported
 
@@ -124,7 +126,29 @@ class BuiltinTask:
         if self.docs is not None:
             config |= {f"{split}_split": None for split in _SPLITS}
             config[f"{self.split}_split"] = self.split
+            if self.num_fewshot:  # lm-eval leaves the document itself out of its examples
+                config["fewshot_split"] = self.split
         return config
+
+
+@dataclass(frozen=True)
+class UserTask:
+    """A task the user defined in lm-eval's YAML format in `eval.include_path`: lm-eval
+    reads it (and whatever data it names) as it is; lwq writes nothing for it."""
+
+    name: str
+    num_fewshot: int | None = None  # None: as its YAML says (0 if it says nothing)
+
+    lm_options: ClassVar[dict[str, Any]] = {}
+
+    def __post_init__(self) -> None:
+        check_task_name(self.name)
+
+    def documents(self) -> None:
+        return None
+
+    def lm_eval_config(self) -> None:
+        return None
 
 
 def check_task_name(name: str) -> None:

@@ -146,6 +146,31 @@ def wikitext(data_dir: Path) -> list[dict]:
     return [{"page": page} for page in wikitext_articles(_read(path))]
 
 
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def read_mapped(task: str, entry: dict) -> list[dict]:
+    """Documents of any task from one local file, `entry` = {file: path, fields: {the task's
+    field: the file's field}}; the file's own fields are kept, the mapped ones added."""
+    unknown = sorted(set(entry) - {"file", "fields"})
+    if unknown or "file" not in entry:
+        raise LwqError(f"eval.local.{task} takes file and fields, got {sorted(entry)}")
+    path = Path(str(entry["file"])).expanduser()
+    builder = FORMATS.get(path.suffix)
+    if builder is None:
+        raise LwqError(f"eval.local.{task}.file={path}: use a {', '.join(FORMATS)} file")
+    if not path.is_file():
+        raise LwqError(f"eval.local.{task}.file={path} not found")
+    from datasets import load_dataset
+
+    rows = load_dataset(builder, data_files=str(path.resolve()), split="train").to_list()
+    fields = dict(entry.get("fields") or {})
+    missing = sorted({f for f in fields.values() if rows and f not in rows[0]})
+    if missing:
+        raise LwqError(f"eval.local.{task}: {path} has no field {missing[0]!r}")
+    return [row | {ours: row[theirs] for ours, theirs in fields.items()} for row in rows]
+
+
 def _read(path: Path) -> str:
     if not path.is_file():
         raise LwqError(

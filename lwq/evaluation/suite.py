@@ -20,9 +20,10 @@ from lwq.data import chunk_documents, load_texts, seeded_subset, source_files
 from lwq.errors import LwqError
 from lwq.evaluation.divergence import KLMeter, ReferenceTopK, TopKCollector
 from lwq.evaluation.harness import Harness, PerplexityTask, lm_eval_version
-from lwq.evaluation.local_data import local_files
+from lwq.evaluation.index import load_index
+from lwq.evaluation.local_data import FILES, local_files
 from lwq.evaluation.perplexity import perplexity, token_windows
-from lwq.evaluation.tasks import averaged, benchmark_task, check_tasks
+from lwq.evaluation.tasks import averaged, check_source, resolve_tasks, user_task_names
 
 CROSS_CHECK_TOLERANCE = 1e-3  # relative; float32 batching noise is ~1e-6
 KL_VERSION = 1  # of the stored reference's layout; bump when it changes
@@ -33,8 +34,10 @@ AVERAGED_METRICS = ("acc", "acc_norm")
 class EvalSpec:
     """What is evaluated; every field changes the numbers, so all go into record keys.
 
-    `text` None = no held-out perplexity task; `tasks` are benchmark names (may be
-    empty); `limit` is documents per task (None = all), `limits` {task: limit} overrides.
+    `text` None = no held-out perplexity task; `tasks` are lm-eval task, group or tag names
+    (may be empty); `limit` is documents per task (None = all), `limits` {task: limit}
+    overrides; `num_fewshot` {task: n} (default 0); `include_path` a directory of the
+    user's own lm-eval task YAMLs; `local` {task: {file, fields}} local data for any task.
     """
 
     name: str
@@ -47,24 +50,39 @@ class EvalSpec:
     source: str = "local"
     limits: dict[str, int | None] = field(default_factory=dict)
     bootstrap_iters: int = 1000
+    num_fewshot: dict[str, int] = field(default_factory=dict)
+    include_path: str | None = None
+    local: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
         object.__setattr__(self, "limits", dict(self.limits or {}))
-        check_tasks(self.tasks, self.source)
-        stray = sorted(set(self.limits) - set(self.tasks))
-        if stray:
-            raise LwqError(f"eval.limits names {stray}, which are not in eval.tasks {self.tasks}")
+        object.__setattr__(self, "num_fewshot", dict(self.num_fewshot or {}))
+        object.__setattr__(self, "local", dict(self.local or {}))
+        check_source(self.source)
+        for key in ("limits", "num_fewshot", "local"):
+            stray = sorted(set(getattr(self, key)) - set(self.tasks))
+            if stray:
+                raise LwqError(f"eval.{key} names {stray}, which are not in eval.tasks")
         if not self.text and not self.tasks:
             raise LwqError(
                 "the eval suite has neither a text nor tasks; set eval.text or eval.tasks"
             )
 
+    def identity(self) -> dict:
+        """The fields as data for keys; settings added later are left out while unset, so
+        the keys of records written before them stay the same."""
+        out = asdict(self)
+        for key in ("num_fewshot", "include_path", "local"):
+            if not out[key]:
+                del out[key]
+        return out
+
     def limit_for(self, task: str) -> int | None:
         return self.limits.get(task, self.limit)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 CROSS_CHECKS = ("reference", "all", "none")
@@ -109,13 +127,20 @@ class Suite:
             self.texts = seeded_subset(chunks, spec.limit, spec.seed)
             self.task_name = text_task_name(spec.name, spec.text)
             tasks.append(PerplexityTask(self.task_name, tuple(self.texts)))
-        for name in spec.tasks:
-            limit = spec.limit_for(name)
-            tasks.append(
-                benchmark_task(
-                    name, source=spec.source, data_dir=data_dir, limit=limit, seed=spec.seed
-                )
-            )
+        include = Path(spec.include_path).expanduser() if spec.include_path else None
+        self.requested = resolve_tasks(
+            spec.tasks,
+            source=spec.source,
+            data_dir=self.data_dir,
+            limits=spec.limits,
+            default_limit=spec.limit,
+            seed=spec.seed,
+            num_fewshot=spec.num_fewshot,
+            local=spec.local,
+            user_tasks=user_task_names(include),
+            index=lambda: load_index(),
+        )
+        tasks += self.requested.tasks
         self.harness = Harness(
             tasks,
             workdir=Path(workdir) / spec.digest(),
@@ -123,6 +148,7 @@ class Suite:
             max_length=spec.max_length,
             bootstrap_iters=spec.bootstrap_iters,
             verbose=verbose,
+            include_path=include,
         )
 
     def prepare_reference(self, model, tokenizer, cache: Path) -> None:
@@ -176,7 +202,40 @@ class Suite:
             )
             check = self._cross_check(ppl, tasks[self.task_name])
             kl = meter.stats() if meter else None
-        return {"tasks": tasks, "average": average(tasks), "kl": kl, "cross_check": check}
+        leaves = dict(tasks)
+        tasks |= self._groups(leaves)
+        return {"tasks": tasks, "average": average(leaves), "kl": kl, "cross_check": check}
+
+    def _groups(self, leaves: dict[str, dict]) -> dict[str, dict]:
+        """Each requested group's numbers, aggregated over its tasks as lm-eval does
+        (its own aggregate_subtask_metrics and pooled stderr, by size where it weighs)."""
+        from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
+
+        sizes = self.harness.items()
+        out: dict[str, dict] = {}
+
+        def numbers(name: str) -> tuple[dict, int]:
+            if name in leaves:
+                return leaves[name], sizes[name]
+            group = self.requested.groups[name]
+            entry = group.entry
+            parts = [numbers(part) for part in group.parts]
+            result = {}
+            for metric in entry.aggregate:
+                have = [(m[metric], m.get(f"{metric}_stderr"), n) for m, n in parts if metric in m]
+                if not have:
+                    continue
+                values, stderrs, counts = zip(*have, strict=True)
+                result[metric] = aggregate_subtask_metrics(values, counts, entry.weight_by_size)
+                if all(e is not None for e in stderrs):
+                    result[f"{metric}_stderr"] = pooled_sample_stderr(stderrs, counts)
+            out[name] = result
+            return result, sum(n for _, n in parts)
+
+        for name in self.requested.groups:
+            if name not in out:
+                numbers(name)
+        return out
 
     def _cross_check(self, ppl, lm_eval_metrics: dict) -> dict:
         check = ppl.as_dict()
@@ -199,12 +258,16 @@ class Suite:
         """Every local file the suite's documents were read from (records hash them)."""
         files = source_files(self.spec.text, self.data_dir) if self.spec.text else []
         if self.spec.source == "local":
-            files += [f for name in self.spec.tasks for f in local_files(name, self.data_dir)]
+            for task in self.requested.tasks:
+                if task.name in self.spec.local:
+                    files.append(Path(str(self.spec.local[task.name]["file"])).expanduser())
+                elif task.name in FILES:
+                    files += local_files(task.name, self.data_dir)
         return sorted(set(files))
 
     def identity(self) -> dict:
         """What changes the numbers, as plain data for record keys: the spec."""
-        return asdict(self.spec)
+        return self.spec.identity()
 
     def kl_key(self) -> dict | None:
         """What the KL reference depends on besides the model (None without KL)."""
