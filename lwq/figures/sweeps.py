@@ -76,7 +76,7 @@ def draw_references(ax: Axes, mr: ModelRecords, perf: Perf, curves, high: int) -
     reference = reference_value(mr, perf)
     if reference is None:
         notes.append("missing the unquantized reference (kind=reference; sweep.reference=true)")
-    else:
+    elif not perf.is_kl:  # the KL of the unquantized model to itself is 0 by definition
         ax.axhline(reference, label="unquantized (16-bit)", **REFERENCE_STYLE)
     at_zero = [c.mean[c.ks.index(0)] for c in curves if 0 in c.ks]
     if at_zero:
@@ -252,7 +252,7 @@ def size_figure(mr: ModelRecords, perf: Perf, *, order: str = "ldi") -> Drawn:
         linestyle = PAIR_LINESTYLES[i % len(PAIR_LINESTYLES)]
         ax.plot(megabytes, c.mean, label=f"{name} {high}→{low} bits", ls=linestyle, **style)
     reference = reference_value(mr, perf)
-    if reference is not None:
+    if reference is not None and not perf.is_kl:
         ax.axhline(reference, label="unquantized (16-bit)", **REFERENCE_STYLE)
     ax.set_xlabel("model weights as stored (MB, 1 MB = 10^6 bytes)")
     perf_axis(ax, perf)

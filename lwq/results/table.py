@@ -80,7 +80,8 @@ def format_table(records: list[dict]) -> str:
 
 
 def _best_per_average_bits(rows: list[dict], metric_names: list[str]) -> set[int]:
-    """Indices of the best quantized row at each average-bits value that has several."""
+    """Indices of the best quantized rows (ties: all) at each average-bits value whose
+    rows differ; identical plans of several orderings (k = 0, k = L) get no star."""
     ranked = next(
         (m for key in _RANKED_BY for m in metric_names if m == key or m.endswith(f":{key}")),
         None,
@@ -95,8 +96,10 @@ def _best_per_average_bits(rows: list[dict], metric_names: list[str]) -> set[int
             groups.setdefault(round(r["avg_bits"], 9), []).append(i)
     best = set()
     for members in groups.values():
-        if len(members) > 1:
-            best.add(min(members, key=lambda i: sign * metric_columns(rows[i])[ranked]))
+        values = {i: sign * metric_columns(rows[i])[ranked] for i in members}
+        if len(members) > 1 and len(set(values.values())) > 1:  # ties everywhere: no best
+            top = min(values.values())
+            best |= {i for i, v in values.items() if v == top}
     return best
 
 
