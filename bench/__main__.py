@@ -27,12 +27,13 @@ from pathlib import Path
 import torch
 
 from bench.backends import bench_backends
+from bench.evaluation import bench_eval_modes, bench_kl_bound
 from lwq.commands.context import load, make_suite
 from lwq.commands.sweep import run_sweep
 from lwq.config import compose_run
 from lwq.runtime import PROJECT_ROOT
 
-SECTIONS = ("default_sweep", "quick_suite", "backends")
+SECTIONS = ("default_sweep", "quick_suite", "backends", "evaluation")
 
 
 def bench_default_sweep(overrides: list[str]) -> dict:
@@ -169,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
         result["default_sweep"] = bench_default_sweep(args.overrides)
     if args.section in ("quick_suite", "all"):
         result["quick_suite"] = bench_quick_suite(args.overrides)
+    if args.section in ("evaluation", "all"):
+        result["evaluation"] = {
+            "modes": bench_eval_modes(args.overrides),
+            "kl_bound": bench_kl_bound(args.overrides),
+        }
     if args.section in ("backends", "all"):
         result["backends"] = bench_backends(compose_run(*["tracking=none", *args.overrides]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
