@@ -72,10 +72,11 @@ def test_fraction_zero_with_16_bit_high_is_the_unquantized_model(tmp_path):
 
 
 # The fields records had before the run layer was rewritten (commit 91d735d): figures,
-# resume and anyone's analysis scripts read them.
+# resume and anyone's analysis scripts read them; then provenance and the plan key.
 POINT_FIELDS = {
     "schema", "model", "quant", "eval_provenance", "versions", "device", "config",
     "kind", "k", "avg_bits", "point_key", "eval", "eval_memory", "seconds", "time",
+    "seed", "code", "data_sha256", "weights_sha256", "plan_key",
 }  # fmt: skip
 PLAN_FIELDS = {
     "n_blocks", "fraction", "high", "low", "plan", "bits_per_weight", "weight_bytes",
@@ -99,3 +100,22 @@ def test_records_carry_what_figures_and_reruns_need(first_sweep):
     assert sorted(record["ranking"]) == list(range(12))
     assert record["low_blocks"] == sorted(record["ranking"][: record["k"]])
     json.dumps(record)  # plain JSON all the way down
+
+
+def test_a_plan_is_evaluated_once_whichever_orderings_contain_it(tmp_path):
+    """k = 0 and k = L are the same model for every ordering and seed: evaluated once, the
+    other orderings' records reuse the result (and say so), each ordering stays complete."""
+    run_sweep(compose_config(*small_run_overrides(tmp_path)))
+    run_sweep(compose_config(*small_run_overrides(tmp_path), "metric=random", "metric.seeds=2"))
+    records = [r for r in _records(tmp_path) if r["kind"] == "quantized"]
+    by_key = {r["point_key"]: r for r in records}
+    reused = [r for r in records if "reused_from" in r]
+    assert sorted(r["k"] for r in reused) == [0, 0, 12, 12]  # both seeds, both ends
+    for r in reused:
+        source = by_key[r["reused_from"]]
+        assert source["metric"] == "ldi" and source["plan"] == r["plan"]
+        assert r["eval"] == source["eval"] and r["plan_key"] == source["plan_key"]
+        assert r["seconds"] == 0.0 and r["metric"] == "random"
+    for seed in (0, 1):  # every ordering has all its points
+        ks = sorted(r["k"] for r in records if r.get("metric_settings", {}).get("seed") == seed)
+        assert ks == [0, 6, 12]

@@ -100,7 +100,25 @@ def _still_open(ctx: RunContext, elsewhere: list[Point], claims: Claims) -> list
 
 
 def _evaluate(ctx: RunContext, applier, point: Point, stop: StopSignals, *, high, low) -> dict:
-    """Install, evaluate and record one point (or its failure); returns the record."""
+    """Install, evaluate and record one point (or its failure); returns the record. A point
+    whose plan was evaluated already (by another ordering) gets that result again."""
+    plan_key = point.plan_key(ctx.identity)
+    earlier = _evaluated(ctx, plan_key)
+    if earlier is not None:
+        record = build_record(
+            ctx.shared,
+            kind=point.kind,
+            key=point.key,
+            result=earlier["eval"],
+            eval_memory=earlier["eval_memory"],
+            eval_seconds=0.0,
+            plan_key=plan_key,
+            reused_from=earlier["point_key"],
+            **_plan_fields(ctx, point, {"seconds": 0.0, "memory": {}}, high=high, low=low),
+        )
+        with stop.critical():
+            ctx.store.append(record)
+        return record
     try:
         quantize = _install(applier, point, ctx.device)
         started = time.time()
@@ -116,6 +134,7 @@ def _evaluate(ctx: RunContext, applier, point: Point, stop: StopSignals, *, high
             result=result,
             eval_memory=eval_memory,
             eval_seconds=time.time() - started,
+            plan_key=plan_key,
             **_plan_fields(ctx, point, quantize, high=high, low=low),
         )
     except POINT_FAILURES as err:
@@ -129,6 +148,15 @@ def _evaluate(ctx: RunContext, applier, point: Point, stop: StopSignals, *, high
     with stop.critical():  # a record is written whole or not at all
         ctx.store.append(record)
     return record
+
+
+def _evaluated(ctx: RunContext, plan_key: str) -> dict | None:
+    """The first whole, successful record of a point with this plan key, if any."""
+    for record in ctx.store.scan().records:
+        ok = record.get("status", "ok") == "ok" and "reused_from" not in record
+        if ok and record.get("plan_key") == plan_key:
+            return record
+    return None
 
 
 def _check_finite(result: dict) -> None:

@@ -33,6 +33,16 @@ class Point:
     label: str = ""  # for progress lines
     fields: dict = field(default_factory=dict)  # record fields only this kind has
 
+    def plan_key(self, identity) -> str:
+        """The key of what is evaluated (lwq.results.keys.plan_key), shared across orderings."""
+        return keys.plan_key(
+            model=identity.model,
+            evaluation=identity.evaluation,
+            quant=identity.quant,
+            plan=list(self.plan.bits),
+            removed=list(self.removed),
+        )
+
 
 def reference_point(ctx: RunContext) -> Point:
     """The unquantized model, once per (model, eval), shared by every sweep."""

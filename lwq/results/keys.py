@@ -98,3 +98,12 @@ def allocated_key(
 def manual_key(*, model: dict, evaluation: dict, plan: list[int], quant: dict) -> str:
     """A hand-written plan, applied exactly."""
     return "manual-" + digest({"model": model, "eval": evaluation, "plan": plan, "quant": quant})
+
+
+def plan_key(*, model: dict, evaluation: dict, quant: dict, plan: list[int], removed: list[int]) -> str:
+    """What a point's numbers depend on, whichever ordering made its plan: points of
+    several orderings (k = 0 and k = L of every ordering and seed, shared prefixes) with
+    one plan key are evaluated once; the others reuse that result."""
+    return "plan-" + digest(
+        {"model": model, "eval": evaluation, "quant": quant, "plan": plan, "removed": removed}
+    )

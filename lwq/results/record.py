@@ -60,13 +60,16 @@ def build_record(
     low: int | None = None,
     quantize: dict | None = None,
     fields: dict | None = None,
+    plan_key: str | None = None,
+    reused_from: str | None = None,
 ) -> dict:
     """One point's record.
 
     `plan`/`cost` are absent for the reference; `k` is the number of blocks an ordering
     moved low (or removed, `kind="pruned"`); `quantize` is {"seconds", "memory"} of
     installing the plan; `fields` are what only this kind has (the ordering's scores and
-    ranking, the allocation's table, `removed_blocks`, `low_blocks`).
+    ranking, the allocation's table, `removed_blocks`, `low_blocks`). `plan_key` names what
+    was evaluated; `reused_from` the point whose result this one shares (same plan key).
     """
     point: dict = {"kind": kind, "k": k}
     if plan is None:
@@ -86,10 +89,14 @@ def build_record(
             "quantize_seconds": round(quantize["seconds"], 3),
             "quantize_memory": quantize["memory"],
         }
+    extra = {"plan_key": plan_key} if plan_key else {}
+    if reused_from:
+        extra["reused_from"] = reused_from
     return {
         **shared,
         **(fields or {}),
         **point,
+        **extra,
         "point_key": key,
         "eval": result,
         "eval_memory": eval_memory,
