@@ -59,7 +59,8 @@ def check_before_hydra(overrides: list[str]) -> None:
 
     try:
         run = compose_run(*overrides)
-        check_inputs(run, evaluate=run.command == "sweep")
+        if not run.dry_run:  # a dry run reads no data and no checkpoint but its config
+            check_inputs(run, evaluate=run.command == "sweep")
     except LwqError as err:
         fail(err)
 

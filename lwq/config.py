@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,23 @@ TRACKERS = ("wandb", "none")
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """A model's shapes as conf/model/<name>.yaml gives them: enough to build it on the meta
+    device (no weights) when its config.json cannot be read (a dry run on a laptop)."""
+
+    model_type: str
+    shrink_as: str  # a transformers family with the same layout (the tests' shrunk copies)
+    blocks: int
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    context: int
+    tie_word_embeddings: bool
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Which checkpoint, how it is loaded, and its default texts and window."""
 
@@ -52,6 +69,7 @@ class ModelSpec:
     max_length: int  # tokens per perplexity window
     calib_text: str
     eval_text: str
+    shape: ModelShape | None = None  # None when the conf gives no shapes
 
     def identity(self) -> dict:
         """What the numbers depend on: goes into every key."""
@@ -158,6 +176,7 @@ class RunConfig:
 
     command: str
     device: str
+    dry_run: bool  # print what the command would do; load no weights
     seed: int
     verbose: bool  # lm-eval's own progress bars and warnings
     model: ModelSpec
@@ -228,6 +247,7 @@ def from_hydra(cfg: DictConfig) -> RunConfig:
     return RunConfig(
         command=command,
         device=device,
+        dry_run=bool(plain.get("dry_run", False)),
         seed=_int(plain.get("seed", 0), "seed"),
         verbose=bool(plain.get("verbose", False)),
         model=model,
@@ -282,7 +302,15 @@ def _model(node: dict) -> ModelSpec:
         max_length=_positive_int(node["max_length"], "model.max_length"),
         calib_text=node["calib_text"],
         eval_text=node["eval_text"],
+        shape=_shape(node),
     )
+
+
+def _shape(node: dict) -> ModelShape | None:
+    names = [f.name for f in fields(ModelShape)]
+    if any(node.get(name) is None for name in names):
+        return None
+    return ModelShape(**{name: node[name] for name in names})
 
 
 def _calib(node: dict) -> CalibSpec:

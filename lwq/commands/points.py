@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lwq.allocate import allocate, average_bits_budget
-from lwq.commands.context import RunContext
+from lwq.commands.context import Identity
 from lwq.config import MetricSpec, RunConfig
-from lwq.metrics import ranking
+from lwq.metrics import Scores, ranking
 from lwq.plan import Plan, sweep_points, two_level_plan
 from lwq.quant.base import FULL_PRECISION
+from lwq.quant.cost import SizeTable
 from lwq.results import keys
 
 
@@ -44,20 +45,25 @@ class Point:
         )
 
 
-def reference_point(ctx: RunContext) -> Point:
+def reference_point(identity: Identity, n_blocks: int) -> Point:
     """The unquantized model, once per (model, eval), shared by every sweep."""
-    i = ctx.identity
-    key = keys.reference_key(i.model, i.evaluation)
-    return Point("reference", key, Plan((FULL_PRECISION,) * len(ctx.blocks)), label="unquantized")
+    key = keys.reference_key(identity.model, identity.evaluation)
+    return Point("reference", key, Plan((FULL_PRECISION,) * n_blocks), label="unquantized")
 
 
-def ordering_points(run: RunConfig, ctx: RunContext, metric: MetricSpec) -> list[Point]:
-    """Every k of the sweep for one ordering (one metric variant)."""
-    scores, score_key, _ = ctx.scores(metric.name, metric.settings)
+def ordering_points(
+    run: RunConfig,
+    identity: Identity,
+    n_blocks: int,
+    metric: MetricSpec,
+    scores: Scores,
+    score_key: dict,
+) -> list[Point]:
+    """Every k of the sweep for one ordering (one metric variant), from its scores."""
     order = ranking(scores, reverse=metric.reverse)
     prune = run.baseline == "prune"
     high, low = run.sweep.high, run.sweep.low
-    i = ctx.identity
+    i = identity
     sweep = keys.sweep_id(
         model=i.model,
         evaluation=i.evaluation,
@@ -79,7 +85,7 @@ def ordering_points(run: RunConfig, ctx: RunContext, metric: MetricSpec) -> list
         "ranking": order,
         "sweep_id": sweep,
     }
-    n = len(ctx.blocks)
+    n = n_blocks
     ks = sweep_points(n, run.sweep.fractions, run.sweep.blocks)
     if prune and n in ks:
         print(f"k={n}: a model without blocks cannot run; pruning stops at L-1")
@@ -100,27 +106,33 @@ def ordering_points(run: RunConfig, ctx: RunContext, metric: MetricSpec) -> list
     return points
 
 
-def allocated_point(run: RunConfig, ctx: RunContext) -> Point:
-    """The plan minimising summed measured sensitivity under `budget` or `budget_bytes`."""
+def allocation_settings(run: RunConfig) -> dict:
+    """The sensitivity measurement the allocator needs: KL at every allowed width."""
     allowed = list(run.budget.allowed_bits)
-    settings = {
+    return {
         "bits": allowed[0],
         "table_bits": allowed,
         "batch_size": run.metric.settings.get("batch_size", 8),
     }
-    scores, score_key, _ = ctx.scores("sensitivity", settings)
-    n = len(ctx.blocks)
+
+
+def allocated_point(
+    run: RunConfig, identity: Identity, sizes: SizeTable, scores: Scores, score_key: dict
+) -> Point:
+    """The plan minimising summed measured sensitivity under `budget` or `budget_bytes`."""
+    allowed = list(run.budget.allowed_bits)
+    n = len(sizes)
     costs = [{b: scores.details[f"kl@{b}"][i] for b in allowed} for i in range(n)]
     if run.budget.bytes is not None:
-        sizes = [{b: ctx.sizes.block_bytes(i, b) for b in allowed} for i in range(n)]
-        budget = run.budget.bytes - ctx.sizes.fixed_bytes()
+        table = [{b: sizes.block_bytes(i, b) for b in allowed} for i in range(n)]
+        budget = run.budget.bytes - sizes.fixed_bytes()
         target = {"budget_bytes": run.budget.bytes}
     else:
-        sizes = [{b: b for b in allowed} for _ in range(n)]
+        table = [{b: b for b in allowed} for _ in range(n)]
         budget = average_bits_budget(run.budget.avg_bits, n)
         target = {"budget": run.budget.avg_bits}
-    plan = allocate(costs, sizes, budget)
-    i = ctx.identity
+    plan = allocate(costs, table, budget)
+    i = identity
     key = keys.allocated_key(
         model=i.model,
         evaluation=i.evaluation,
@@ -137,9 +149,9 @@ def allocated_point(run: RunConfig, ctx: RunContext) -> Point:
     return Point("allocated", key, plan, label="allocated", fields=fields)
 
 
-def manual_point(ctx: RunContext, plan: Plan) -> Point:
+def manual_point(identity: Identity, plan: Plan) -> Point:
     """A plan file applied exactly as written (its length was checked against the model)."""
-    i = ctx.identity
+    i = identity
     key = keys.manual_key(
         model=i.model, evaluation=i.evaluation, plan=list(plan.bits), quant=i.quant
     )

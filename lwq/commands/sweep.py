@@ -15,6 +15,7 @@ from lwq.commands.evaluate import evaluate_points
 from lwq.commands.points import (
     Point,
     allocated_point,
+    allocation_settings,
     manual_point,
     ordering_points,
     reference_point,
@@ -62,11 +63,14 @@ def run_sweep(run: RunConfig) -> list[dict]:
 
 def plan_points(run: RunConfig, ctx: RunContext) -> list[Point]:
     """The sweep's points in evaluation order (plain data; nothing is installed)."""
-    points = [reference_point(ctx)] if run.sweep.reference else []
+    n, identity = len(ctx.blocks), ctx.identity
+    points = [reference_point(identity, n)] if run.sweep.reference else []
     for metric in run.metric.variants():
-        points += ordering_points(run, ctx, metric)
+        scores, score_key, _ = ctx.scores(metric.name, metric.settings)
+        points += ordering_points(run, identity, n, metric, scores, score_key)
     if run.budget.wanted:
-        points.append(allocated_point(run, ctx))
+        scores, score_key, _ = ctx.scores("sensitivity", allocation_settings(run))
+        points.append(allocated_point(run, identity, ctx.sizes, scores, score_key))
     if run.manual_plan is not None:
-        points.append(manual_point(ctx, run.manual_plan))
+        points.append(manual_point(identity, run.manual_plan))
     return points

@@ -131,3 +131,44 @@ def _not_cached(path: str) -> ModelNotFoundError:
         f"model {path!r} is not in the local cache and the hub cannot be reached; "
         "download it on a machine with internet or point model.path at a local directory"
     )
+
+
+def checkpoint_config(
+    name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None
+):
+    """The checkpoint's config from disk: a local directory's config.json or a hub id's in
+    the local Hugging Face cache (never the network); None if neither is there."""
+    path = os.path.expanduser(name_or_path)
+    if not os.path.exists(path) and not _looks_like_hub_id(path):
+        return None
+    try:
+        return AutoConfig.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except (OSError, ValueError):
+        return None
+
+
+def config_from_shape(shape):
+    """A transformers config with a conf/model shape (a ModelShape): the model's own family
+    when transformers knows it, else the family of the same layout it is shrunk as."""
+    sizes = {
+        "num_hidden_layers": shape.blocks,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_attention_heads": shape.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "vocab_size": shape.vocab_size,
+        "max_position_embeddings": shape.context,
+        "tie_word_embeddings": shape.tie_word_embeddings,
+    }
+    try:
+        return AutoConfig.for_model(shape.model_type, **sizes)
+    except ValueError:  # e.g. qwen: its modelling code ships with the checkpoint
+        return AutoConfig.for_model(shape.shrink_as, **sizes)
+
+
+def meta_model(config) -> PreTrainedModel:
+    """The model with every tensor on the meta device: shapes only, no memory, no weights."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

@@ -1,0 +1,225 @@
+"""`dry_run=true`: what a sweep would do, without loading a single weight.
+
+The model is built on the meta device from its config.json (a local directory's, or a
+hub id's in the local Hugging Face cache; the network is never asked) or, where neither is
+there (a hub model on a laptop), from the shapes in conf/model/<name>.yaml. Every point
+is planned as the sweep would plan it, with the exact
+weight bytes and bits per weight of the chosen backend (sizes are computed from shapes, as
+in every record), which points are already recorded, a peak-memory estimate and, where
+earlier records of the model exist, a time estimate. A 13B multirun is checked in seconds.
+
+An ordering whose scores are not cached yet has no ranking: its plans are shown with
+blocks in index order, which gives the exact bytes when every block has the same shapes
+(as in every paper model) and is marked otherwise.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from lwq.commands.context import Identity, check_against_checkpoint
+from lwq.commands.points import (
+    Point,
+    allocated_point,
+    allocation_settings,
+    manual_point,
+    ordering_points,
+    reference_point,
+)
+from lwq.config import RunConfig
+from lwq.errors import LwqError
+from lwq.metrics import Scores
+from lwq.metrics.cache import load_cached
+from lwq.modeling.blocks import find_blocks
+from lwq.modeling.load import (
+    CheckpointFacts,
+    checkpoint_config,
+    config_from_shape,
+    meta_model,
+)
+from lwq.quant import make_backend
+from lwq.quant.cost import SizeTable
+from lwq.results.keys import quant_identity, score_key
+from lwq.results.store import RecordStore
+from lwq.runtime import DTYPES, resolve_model_path
+
+GB = 1e9
+FLOAT32 = 4
+
+
+@dataclass(frozen=True)
+class PlannedPoint:
+    point: Point
+    weight_bytes: int
+    bits_per_weight: float | None
+    recorded: bool
+    ranked: bool  # False: the ordering's scores are not cached; blocks in index order
+
+
+def run_dry(run: RunConfig) -> dict:
+    """Print the sweep's points, sizes, memory and time estimates; return them as data."""
+    config, source = _model_config(run)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    check_against_checkpoint(
+        run, CheckpointFacts(text.num_hidden_layers, getattr(text, "max_position_embeddings", None))
+    )
+    model = meta_model(config)
+    blocks = find_blocks(model)
+    backend = make_backend(run.quant.name, **run.quant.settings)
+    sizes = SizeTable(model, blocks, backend)
+    calib = run.calib.identity()
+    identity = Identity(
+        model=run.model.identity(),
+        calibration=calib,
+        quant=quant_identity(
+            backend.name, backend.settings(), calib if backend.calibrated else None
+        ),
+        quant_config=run.quant.as_config(),
+        evaluation=run.eval.spec.identity(),
+    )
+    store = RecordStore(run.paths.results / run.model.name / "records.jsonl")
+    done = store.done_keys()
+    planned = [_sized(p, sizes, done, True) for p in _points(run, identity, sizes)]
+    planned += _ordering_points(run, identity, sizes, done)
+    estimate = _estimates(run, config, sizes, store, planned)
+    alike = len({sizes.block_bytes(i, b) for i in range(len(sizes)) for b in (16,)}) == 1
+    _print(run, source, len(blocks), planned, estimate, alike)
+    return {"blocks": len(blocks), "source": source, "points": planned, **estimate}
+
+
+def _model_config(run: RunConfig):
+    path = resolve_model_path(run.model.path)
+    config = checkpoint_config(
+        path, trust_remote_code=run.model.trust_remote_code, revision=run.model.revision
+    )
+    if config is not None:
+        return config, f"config.json of {path}"
+    if run.model.shape is None:
+        raise LwqError(
+            f"dry run: {run.model.path}'s config.json cannot be read here and "
+            f"conf/model/{run.model.name}.yaml gives no shapes; add them or go online"
+        )
+    return config_from_shape(run.model.shape), f"the shapes in conf/model/{run.model.name}.yaml"
+
+
+def _points(run: RunConfig, identity: Identity, sizes: SizeTable) -> list[Point]:
+    """The points that need no ranking: reference, allocated (if measured), manual."""
+    points = [reference_point(identity, len(sizes))] if run.sweep.reference else []
+    if run.budget.wanted:
+        settings = allocation_settings(run)
+        key = score_key(
+            identity.model, "sensitivity", settings, identity.calibration, identity.quant_config
+        )
+        measured = load_cached(run.paths.cache, key)
+        if measured is not None:
+            points.append(allocated_point(run, identity, sizes, measured, key))
+        else:
+            print("allocated plan: needs the measured sensitivity (computed by the sweep)")
+    if run.manual_plan is not None:
+        points.append(manual_point(identity, run.manual_plan))
+    return points
+
+
+def _ordering_points(run, identity, sizes, done) -> list[PlannedPoint]:
+    out = []
+    for metric in run.metric.variants():
+        key = score_key(
+            identity.model, metric.name, metric.settings, identity.calibration,
+            identity.quant_config,
+        )  # fmt: skip
+        scores = load_cached(run.paths.cache, key)
+        ranked = scores is not None
+        scores = scores or Scores((0.0,) * len(sizes))  # ties: blocks in index order
+        points = ordering_points(run, identity, len(sizes), metric, scores, key)
+        out += [_sized(p, sizes, done, ranked) for p in points]
+    return out
+
+
+def _sized(point: Point, sizes: SizeTable, done: set[str], ranked: bool) -> PlannedPoint:
+    if point.kind == "reference":
+        cost = sizes.cost(point.plan)
+        return PlannedPoint(point, cost.weight_bytes, None, point.key in done, True)
+    cost = sizes.cost(point.plan, point.removed)
+    return PlannedPoint(point, cost.weight_bytes, cost.bits_per_weight, point.key in done, ranked)
+
+
+def _estimates(run, config, sizes: SizeTable, store, planned) -> dict:
+    """Peak memory of the evaluation (weights + the largest transient) and the host memory
+    of kept originals; the time from earlier records of the model, if any."""
+    # `auto` is bfloat16 on CUDA, the machine a paper model runs on; float32 on a CPU
+    dtype_bytes = 2 if run.model.dtype == "auto" else DTYPES[run.model.dtype].itemsize
+    params = sizes.fixed_bytes() // 2 + sum(
+        sizes.block_bytes(i, 16) // 2 for i in range(len(sizes))
+    )
+    batch, window = run.eval.batch_size, run.eval.spec.max_length
+    hidden = config.hidden_size
+    vocab = config.vocab_size
+    heads = config.num_attention_heads
+    inter = getattr(config, "intermediate_size", 4 * hidden)
+    logits = 2 * batch * window * vocab * FLOAT32  # logits and their log-softmax in float32
+    attention = batch * heads * window * window * dtype_bytes
+    mlp = 3 * batch * window * inter * dtype_bytes
+    block_params = sum(sizes.block_bytes(i, 16) // 2 for i in range(len(sizes)))
+    todo = [p for p in planned if not p.recorded]
+    earlier = [r for r in store.scan().records if r.get("status", "ok") == "ok"]
+    seconds = [r["seconds"] + r.get("quantize_seconds", 0) for r in earlier if "seconds" in r]
+    return {
+        "weights_gb": params * dtype_bytes / GB,
+        "peak_gb": (params * dtype_bytes + max(logits, attention + mlp)) / GB,
+        "kept_originals_gb": block_params * dtype_bytes / GB,
+        "to_evaluate": len(todo),
+        "seconds_estimate": statistics.median(seconds) * len(todo) if seconds else None,
+        "estimated_from": len(seconds),
+    }
+
+
+def _print(run, source, n_blocks, planned, estimate, alike: bool) -> None:
+    print(
+        f"dry run: model={run.model.name} ({n_blocks} blocks, from {source}) "
+        f"metric={run.metric.name} quant={run.quant.name} {run.sweep.high}->{run.sweep.low} "
+        f"baseline={run.baseline} eval={run.eval.spec.name}"
+    )
+    rows = [("point", "k", "avg bits", "bits/w", "weights", "recorded", "plan")]
+    for p in planned:
+        point = p.point
+        unranked = "(not scored yet: " + ("bytes exact, blocks alike)" if alike else "bytes vary)")
+        plan = "".join(_bit(b) for b in point.plan.bits) if p.ranked else unranked
+        rows.append(
+            (
+                point.label,
+                "-" if point.k is None else str(point.k),
+                f"{sum(point.plan.bits) / len(point.plan.bits):.3f}",
+                "-" if p.bits_per_weight is None else f"{p.bits_per_weight:.3f}",
+                _size(p.weight_bytes),
+                "yes" if p.recorded else "no",
+                plan,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    e = estimate
+    dtype = "bfloat16 (dtype=auto on CUDA; twice on a CPU)" if run.model.dtype == "auto" else ""
+    print(
+        f"memory (estimate, {dtype or run.model.dtype}): weights {e['weights_gb']:.2f} GB, "
+        f"evaluation peak {e['peak_gb']:.2f} GB at batch {run.eval.batch_size} x "
+        f"{run.eval.spec.max_length} tokens; kept original blocks up to "
+        f"{e['kept_originals_gb']:.2f} GB on the host"
+    )
+    if e["seconds_estimate"] is None:
+        print(f"time: {e['to_evaluate']} points to evaluate; no earlier records to estimate from")
+    else:
+        print(
+            f"time (estimate): {e['to_evaluate']} points to evaluate, about "
+            f"{e['seconds_estimate'] / 60:.1f} min (median of {e['estimated_from']} earlier points)"
+        )
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / GB:.3f} GB" if n_bytes >= GB else f"{n_bytes / 1e6:.3f} MB"
+
+
+def _bit(bits: int) -> str:
+    """One character per block: its bits in hex (16 = '-', left as loaded)."""
+    return "-" if bits == 16 else format(bits, "x")
