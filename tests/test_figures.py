@@ -230,7 +230,7 @@ def test_records_of_another_eval_setting_are_reported_not_mixed(records):
     assert "ignored 1 records" in chosen.describe()
 
 
-def test_the_eval_option_picks_an_older_suite_and_bad_files_are_reported(records, tmp_path):
+def test_the_eval_option_picks_an_older_suite_and_bad_files_are_reported(records, tmp_path, capsys):
     quick = {**records[1], "config": {**records[1]["config"], "eval": {"name": "quick"}}}
     assert ModelRecords.newest_setting(MODEL, [*records, quick]).records == [quick]
     assert ModelRecords.newest_setting(MODEL, [*records, quick], "ppl").records == records
@@ -238,7 +238,8 @@ def test_the_eval_option_picks_an_older_suite_and_bad_files_are_reported(records
     (tmp_path / "broken" / "records.jsonl").write_text("{not json}\n")
     lines = []
     assert build_figures(tmp_path, tmp_path / "out", echo=lines.append) == []
-    assert lines[0].startswith("broken: records unreadable: ")
+    assert lines[0].startswith("broken: no records")  # its one line is damaged: not used
+    assert "records.jsonl:1 is a damaged record" in capsys.readouterr().err
 
 
 def test_cli_writes_the_selected_figures_and_fails_without_records(results, tmp_path, capsys):
