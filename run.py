@@ -15,6 +15,8 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lwq.config import COMMANDS, compose_run, from_hydra
@@ -29,6 +31,10 @@ def command_words_to_overrides(argv: list[str]) -> list[str]:
     return [f"command={arg}" if arg in COMMANDS else arg for arg in argv]
 
 
+class JobFailed(Exception):
+    """One job of a multirun ended with bad input, a stop or failed points."""
+
+
 def fail(err: Exception, code: int = BAD_INPUT) -> None:
     print(f"error: {err}" if code == BAD_INPUT else str(err), file=sys.stderr)
     sys.exit(code)
@@ -41,12 +47,15 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run(from_hydra(cfg))
-    except LwqError as err:
-        fail(err)
-    except Stopped as stopped:
-        fail(stopped, STOPPED)
-    except PointsFailed as failed:
-        fail(failed, POINTS_FAILED)
+    except (LwqError, Stopped, PointsFailed) as err:
+        code = {Stopped: STOPPED, PointsFailed: POINTS_FAILED}.get(type(err), BAD_INPUT)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # one job of several: say why in one line and let Hydra record this job as
+            # failed; the other jobs go on, and the multirun reports the failure at its end
+            overrides = " ".join(HydraConfig.get().overrides.task)
+            print(f"job failed ({overrides}): {err}", file=sys.stderr)
+            raise JobFailed(f"{overrides}: {err}") from None
+        fail(err, code)
 
 
 def check_before_hydra(overrides: list[str]) -> None:

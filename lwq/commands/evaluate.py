@@ -58,7 +58,9 @@ def evaluate_points(
                 elsewhere = []
                 for point in todo:
                     bar.set_postfix_str(point.label)
-                    if not claims.claim(point.key):
+                    # the point, and its plan (which another ordering's point may share)
+                    held = _claim(claims, [point.key, point.plan_key(ctx.identity)])
+                    if not held:
                         elsewhere.append(point)  # another process is evaluating it
                         continue
                     try:
@@ -66,13 +68,26 @@ def evaluate_points(
                             record = _evaluate(ctx, applier, point, stop, high=high, low=low)
                             _keep(ctx, record, written, failed)
                     finally:
-                        claims.release(point.key)
+                        for key in held:
+                            claims.release(key)
                     bar.update()
                 todo = _still_open(ctx, elsewhere, claims)
     finally:
         bar.close()
         applier.restore()
     return written, failed
+
+
+def _claim(claims: Claims, keys: list[str]) -> list[str]:
+    """All of `keys` claimed (then returned), or none (those taken are given back)."""
+    held = []
+    for key in keys:
+        if not claims.claim(key):
+            for taken in held:
+                claims.release(taken)
+            return []
+        held.append(key)
+    return held
 
 
 def _keep(ctx: RunContext, record: dict, written: list[dict], failed: list[dict]) -> None:
