@@ -87,3 +87,13 @@ def test_a_signal_stops_at_once_outside_a_critical_block_and_after_one_inside():
             finished.append(True)  # the critical block ran to its end
         assert finished == [True]
     assert signal.getsignal(signal.SIGTERM) == before  # handlers put back
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_claims_at_once(tmp_path, monkeypatch):
+    path = tmp_path / "p.claim"
+    path.write_text(json.dumps({"host": "node-a", "pid": 1, "start": "1", "job": "77_3"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "4")
+    assert not Claims(tmp_path).claim("p")  # another task of the array: lease applies
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert Claims(tmp_path).claim("p")  # the same task, requeued on another node

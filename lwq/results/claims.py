@@ -6,7 +6,8 @@ file names its host, pid and process start time. While the process works, a hear
 thread touches its claims every `heartbeat` seconds. A claim is stale, and is taken over,
 when its process is gone: on the same host, that pid is not running (or runs another
 program: its start time differs); on another host, the claim was not touched for
-`lease` seconds. Taking over renames the stale file away first, so only one process can.
+`lease` seconds; and at once when it names this SLURM job: a requeued job (pre-empted or
+timed out) takes over what it held before, wherever it runs now. Taking over renames the stale file away first, so only one process can.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
 
 
+def slurm_job() -> str | None:
+    """This SLURM job (array task included), which keeps its id when it is requeued."""
+    job = os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    return None if job is None else f"{job}_{task}" if task else job
+
+
 def pid_running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -59,6 +67,7 @@ class Claims:
         self.heartbeat = heartbeat
         self.host = socket.gethostname()
         self.pid = os.getpid()
+        self.job = slurm_job()
         self.mine: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -94,6 +103,8 @@ class Claims:
             return {}  # a claim torn by a crash while it was written: its process is gone
 
     def is_stale(self, key: str, holder: dict) -> bool:
+        if self.job is not None and holder.get("job") == self.job and not self._mine(holder):
+            return True  # our own job before SLURM requeued it (pre-emption, timeout)
         if holder.get("host") == self.host and isinstance(holder.get("pid"), int):
             pid = holder["pid"]
             return not pid_running(pid) or process_start(pid) != holder.get("start")
@@ -102,6 +113,9 @@ class Claims:
         except FileNotFoundError:
             return True
         return age > self.lease or not holder
+
+    def _mine(self, holder: dict) -> bool:
+        return holder.get("host") == self.host and holder.get("pid") == self.pid
 
     def __enter__(self) -> Claims:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -123,6 +137,7 @@ class Claims:
             "host": self.host,
             "pid": self.pid,
             "start": process_start(self.pid),
+            "job": self.job,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         try:
