@@ -97,3 +97,39 @@ def test_a_requeued_slurm_job_takes_over_its_own_claims_at_once(tmp_path, monkey
     assert not Claims(tmp_path).claim("p")  # another task of the array: lease applies
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     assert Claims(tmp_path).claim("p")  # the same task, requeued on another node
+
+
+def _need_the_value(directory, out):
+    from pathlib import Path
+
+    from lwq.results.claims import computed_once
+
+    value_file, made_log = Path(directory) / "value.txt", Path(directory) / "made.log"
+
+    def make():
+        with open(made_log, "a") as log:
+            log.write(f"{os.getpid()}\n")
+        time.sleep(1.0)  # long enough for the others to find the claim
+        value_file.write_text("42")
+        return "42"
+
+    def ready():
+        return value_file.read_text() if value_file.exists() else None
+
+    value, _ = computed_once(Path(directory) / "claims", "value", ready, make, wait=0.1)
+    Path(out).write_text(value)
+
+
+def test_what_several_processes_need_at_once_is_made_once(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    outs = [tmp_path / f"out{i}" for i in range(3)]
+    workers = [context.Process(target=_need_the_value, args=(tmp_path, o)) for o in outs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert [o.read_text() for o in outs] == ["42"] * 3
+    assert len((tmp_path / "made.log").read_text().splitlines()) == 1

@@ -24,7 +24,8 @@ from lwq.evaluation.local_data import FILES, local_files
 from lwq.evaluation.suite import Suite
 from lwq.evaluation.tasks import check_task_names
 from lwq.metrics import METRICS, Scores
-from lwq.metrics.cache import cached_scores
+from lwq.metrics.cache import load_cached
+from lwq.metrics.cache import store as store_scores
 from lwq.modeling.blocks import find_blocks
 from lwq.modeling.capture import BlockInputs
 from lwq.modeling.load import CheckpointFacts, load_model, read_checkpoint_facts
@@ -33,6 +34,7 @@ from lwq.quant import Backend, make_backend
 from lwq.quant.cost import SizeTable
 from lwq.quant.install import PlanApplier
 from lwq.quant.variants import Variants, make_variants
+from lwq.results.claims import computed_once
 from lwq.results.keys import quant_identity, score_key
 from lwq.results.record import shared_fields
 from lwq.results.store import RecordStore
@@ -85,10 +87,17 @@ class RunContext:
         def compute() -> Scores:
             calibration = self.calibration() if entry.needs_calibration else None
             extra = {"variants": self.variants} if entry.needs_quantizer else {}
-            return entry.compute(self.model, self.blocks, calibration, **settings, **extra)
+            scores = entry.compute(self.model, self.blocks, calibration, **settings, **extra)
+            store_scores(self.cache_dir, key, scores)
+            return scores
 
-        scores, was_cached = cached_scores(self.cache_dir, key, compute)
-        return scores, key, was_cached
+        scores, made = computed_once(
+            self.cache_dir / "claims",
+            f"scores-{digest(key)}",
+            lambda: load_cached(self.cache_dir, key),
+            compute,
+        )  # parallel jobs of a multirun compute each score once
+        return scores, key, not made
 
     def close(self) -> None:
         if self.tracker is not None:

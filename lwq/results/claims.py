@@ -174,3 +174,24 @@ class Claims:
             for key in held:
                 with contextlib.suppress(FileNotFoundError):
                     os.utime(self.path(key))
+
+
+def computed_once(directory: Path, name: str, ready, make, wait: float = 5.0):
+    """(value, made here): `ready()` if it already gives a value (not None); else `make()`,
+    run by the one process that claims `name` while the others wait for `ready()`. For
+    what several jobs may need at once (a score, a calibrated variant): made once."""
+    value = ready()
+    if value is not None:
+        return value, False
+    with Claims(directory) as claims:
+        while True:
+            if claims.claim(name):
+                try:
+                    value = ready()  # made by another process between our looks?
+                    return (value, False) if value is not None else (make(), True)
+                finally:
+                    claims.release(name)
+            time.sleep(wait)
+            value = ready()
+            if value is not None:
+                return value, False
