@@ -12,12 +12,12 @@ import time
 
 import pytest
 
+from lwq.claims import Claims
 from lwq.commands.stopping import Stopped, StopSignals
-from lwq.results.claims import Claims
 
 HOLD = """
 import sys, time
-from lwq.results.claims import Claims
+from lwq.claims import Claims
 claims = Claims(sys.argv[1]).__enter__()
 assert claims.claim("k1")
 print("claimed", flush=True)
@@ -102,7 +102,7 @@ def test_a_requeued_slurm_job_takes_over_its_own_claims_at_once(tmp_path, monkey
 def _need_the_value(directory, out):
     from pathlib import Path
 
-    from lwq.results.claims import computed_once
+    from lwq.claims import computed_once
 
     value_file, made_log = Path(directory) / "value.txt", Path(directory) / "made.log"
 

@@ -192,3 +192,38 @@ def test_16_bit_plans_touch_nothing_and_build_nothing(model_and_ids):
         applier.restore()
     assert variants.builds == 0
     assert all(a is b for a, b in zip(blocks, before, strict=True))
+
+
+@pytest.mark.slow
+def test_calibrated_blocks_are_built_once_and_shared_through_the_store(tmp_path, monkeypatch):
+    """A second sweep (another ordering, another process or run) loads the blocks the first
+    built from the variant store instead of running GPTQ again, and gets the same numbers."""
+    from lwq.commands.sweep import run_sweep
+    from lwq.quant.gptq import GPTQBackend
+    from tests.conftest import compose_config, records, small_run_overrides
+
+    calls = []
+    quantize_block = GPTQBackend.quantize_block
+    monkeypatch.setattr(
+        GPTQBackend, "quantize_block", lambda *a: calls.append(1) or quantize_block(*a)
+    )
+    overrides = [*small_run_overrides(tmp_path), "quant=gptq", "quant.settings.group_size=32"]
+    run_sweep(compose_config(*overrides, "sweep.fractions=[0.5]"))
+    built = len(calls)
+    assert built == 2 * 12  # every block at 4 and at 2 bits, once
+    run_sweep(compose_config(*overrides, "sweep.fractions=[0.5]", "metric=zd"))
+    assert len(calls) == built  # loaded, not built again
+    fresh = tmp_path / "fresh"  # the same zd point built from scratch elsewhere
+    run_sweep(
+        compose_config(
+            *small_run_overrides(fresh),
+            "quant=gptq",
+            "quant.settings.group_size=32",
+            "sweep.fractions=[0.5]",
+            "metric=zd",
+        )
+    )
+    assert len(calls) == 2 * built
+    stored = [r for r in records(tmp_path) if r.get("metric") == "zd"]
+    again = [r for r in records(fresh) if r.get("metric") == "zd"]
+    assert stored[0]["eval"]["tasks"] == again[0]["eval"]["tasks"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from lwq.claims import computed_once
 from lwq.config import RunConfig
 from lwq.data import calibration_ids, load_texts, source_files
 from lwq.errors import LwqError
@@ -33,8 +34,7 @@ from lwq.provenance import files_sha256, git_state, library_versions, texts_sha2
 from lwq.quant import Backend, make_backend
 from lwq.quant.cost import SizeTable
 from lwq.quant.install import PlanApplier
-from lwq.quant.variants import Variants, make_variants
-from lwq.results.claims import computed_once
+from lwq.quant.variants import Variants, VariantStore, make_variants
 from lwq.results.keys import quant_identity, score_key
 from lwq.results.record import shared_fields
 from lwq.results.store import RecordStore
@@ -111,9 +111,6 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
     suite = make_suite(run) if evaluate else None  # bad tasks, missing data: before the model
     model, tokenizer, blocks, device = load(run)
     calibration = _calibration(run, tokenizer)
-    variants = make_variants(
-        backend, lambda: BlockInputs.capture(model, blocks, calibration(), CAPTURE_BATCH)
-    )
     calib_id = run.calib.identity()
     identity = Identity(
         model=run.model.identity(),
@@ -123,6 +120,13 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
         ),
         quant_config=run.quant.as_config(),
         evaluation=None if suite is None else suite.identity(),
+    )
+    variants = make_variants(
+        backend,
+        lambda: BlockInputs.capture(model, blocks, calibration(), CAPTURE_BATCH),
+        store=VariantStore(
+            run.paths.cache / "variants", {"model": identity.model, "quant": identity.quant}
+        ),
     )
     context = RunContext(
         model=model,

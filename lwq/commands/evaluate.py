@@ -3,7 +3,7 @@ plan, evaluate, append its record, release the claim; restore the model at the e
 
 Several processes may work on the same records at once (Hydra multirun, SLURM arrays,
 two terminals): a point is evaluated only by the process that claims it
-(lwq.results.claims), others skip it and, once their own points are done, wait for it to
+(lwq.claims), others skip it and, once their own points are done, wait for it to
 be recorded or for its claim to go stale, and then take it over.
 
 A point that fails at run time (CUDA out of memory, a NaN metric, a numerical error in a
@@ -20,11 +20,11 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
+from lwq.claims import Claims
 from lwq.commands.context import RunContext
 from lwq.commands.points import Point
 from lwq.commands.stopping import StopSignals
 from lwq.modeling.prune import blocks_removed
-from lwq.results.claims import Claims
 from lwq.results.record import build_record, failed_record
 from lwq.results.tracking import tracked_values
 from lwq.runtime import peak_memory

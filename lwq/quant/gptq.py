@@ -149,6 +149,33 @@ class GPTQBackend:
                 block.set_submodule(name, dequantized(weight, module.bias, held, dtype))
         return block
 
+    def packed_shell(self, block: torch.nn.Module, bits: int) -> torch.nn.Module:
+        """`block` (a copy, mutated) with every linear an empty packed module of `bits`,
+        ready to take a stored variant's state dict (lwq.quant.variants.VariantStore)."""
+        _, _, packed_type = _gptqmodel()
+        for name, module in block_linears(block):
+            linear = as_linear(self.name, module)
+            shell = packed_type(
+                bits=bits,
+                group_size=self.group_size,
+                sym=self.sym,
+                desc_act=self.act_order,
+                in_features=linear.in_features,
+                out_features=linear.out_features,
+                bias=linear.bias is not None,
+                pack_dtype=torch.int32,
+            )
+            block.set_submodule(name, shell)
+        return block
+
+    def loaded(self, block: torch.nn.Module) -> torch.nn.Module:
+        """A shell block after its state dict was loaded, made usable as built."""
+        _, _, packed_type = _gptqmodel()
+        for module in block.modules():
+            if isinstance(module, packed_type):
+                module.post_init()
+        return block.eval()
+
     def held_bytes(self, module: torch.nn.Module) -> int:
         return installed_bytes(module, _gptqmodel()[2], _packed_bytes)
 

@@ -28,16 +28,22 @@ unpacks a copy for evaluation (`backend.for_eval`).
 from __future__ import annotations
 
 import copy
+import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from lwq.claims import computed_once
 from lwq.errors import LwqError
 from lwq.modeling.blocks import block_linears
 from lwq.modeling.capture import BlockInputs
 from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION, Backend, CalibratedBackend
+from lwq.runtime import digest
 
 Originals = Callable[[int], torch.nn.Module]  # block index -> the block as loaded
 
@@ -63,13 +69,60 @@ class Variants(Protocol):
 
 
 def make_variants(
-    backend: Backend, capture: Callable[[], BlockInputs], keep_on="cpu"
+    backend: Backend,
+    capture: Callable[[], BlockInputs],
+    keep_on="cpu",
+    store: VariantStore | None = None,
 ) -> LinearVariants | CalibratedVariants:
     """The variant source `backend` declares it needs; `capture()` gives the calibration
-    inputs of block 0 (called on first use only, so fully recorded runs never pay)."""
+    inputs of block 0 (called on first use only, so fully recorded runs never pay);
+    `store` shares a calibrated backend's blocks between processes and runs."""
     if backend.calibrated:
-        return CalibratedVariants(backend, capture, keep_on)
+        return CalibratedVariants(backend, capture, keep_on, store)
     return LinearVariants(backend, keep_on)
+
+
+class VariantStore:
+    """Calibrated blocks on disk, shared by every job and run with the same model, backend
+    and calibration (`identity`): the blocks of one width, on the full-precision model's
+    inputs, are built once by whichever job needs them first (the others wait for them)
+    and kept as one safetensors file a block (the packed tensors: no pickle)."""
+
+    def __init__(self, directory: Path, identity: dict) -> None:
+        self.directory = Path(directory)
+        self.identity = identity
+
+    def blocks(self, bits: int, n: int, backend, original: Originals, build) -> dict:
+        """{j: packed block j at `bits`} for every block, loaded or `build()`-ed and saved."""
+        name = "variants-" + digest({"identity": self.identity, "bits": bits, "blocks": n})
+        folder = self.directory / name
+
+        def ready():
+            if not (folder / "complete").exists():
+                return None
+            return {
+                j: self._load(folder / f"{j}.safetensors", original(j), bits, backend)
+                for j in range(n)
+            }
+
+        def make():
+            built = build()
+            folder.mkdir(parents=True, exist_ok=True)
+            for j, block in built.items():
+                state = {k: v.detach().cpu().contiguous() for k, v in block.state_dict().items()}
+                partial = folder / f".{j}.{os.getpid()}.tmp"
+                save_file(state, str(partial))
+                os.replace(partial, folder / f"{j}.safetensors")
+            (folder / "complete").write_text(json.dumps({"identity": self.identity, "bits": bits}))
+            return built
+
+        return computed_once(self.directory / "claims", name, ready, make)[0]
+
+    @staticmethod
+    def _load(path: Path, original: torch.nn.Module, bits: int, backend) -> torch.nn.Module:
+        shell = backend.packed_shell(copy.deepcopy(original).to("cpu"), bits)
+        shell.load_state_dict(load_file(str(path)), strict=True)
+        return backend.loaded(shell)
 
 
 def quantize_block(
@@ -128,9 +181,14 @@ class CalibratedVariants:
     """The packed variants of a calibrated backend for one model and calibration set."""
 
     def __init__(
-        self, backend: CalibratedBackend, capture: Callable[[], BlockInputs], keep_on="cpu"
+        self,
+        backend: CalibratedBackend,
+        capture: Callable[[], BlockInputs],
+        keep_on="cpu",
+        store: VariantStore | None = None,
     ) -> None:
         self.backend = backend
+        self.store = None if backend.inputs == "sequential" else store
         self.sequential = backend.inputs == "sequential"
         self.keep_on = torch.device(keep_on)
         self._capture = capture
@@ -177,14 +235,27 @@ class CalibratedVariants:
         return variant.to(self.keep_on)
 
     def _build_all(self, bits: int, original, n: int, device) -> None:
-        """Every block at `bits`, each on the full-precision model's inputs."""
-        inputs = self.first_inputs().copy()
-        for j in range(n):
-            block = original(j)
-            if (j, bits) not in self._packed:
-                self._packed[(j, bits)] = self._quantized(j, block, bits, inputs, device)
-            if j + 1 < n:
-                inputs.advance(_on(block, device))
+        """Every block at `bits`, each on the full-precision model's inputs (from the
+        store when another job or run built them already)."""
+
+        def build() -> dict:
+            inputs = self.first_inputs().copy()
+            built = {}
+            for j in range(n):
+                block = original(j)
+                if (j, bits) in self._packed:
+                    built[j] = self._packed[(j, bits)]
+                else:
+                    built[j] = self._quantized(j, block, bits, inputs, device)
+                if j + 1 < n:
+                    inputs.advance(_on(block, device))
+            return built
+
+        if self.store is None:
+            built = build()
+        else:
+            built = self.store.blocks(bits, n, self.backend, original, build)
+        self._packed.update({(j, bits): block for j, block in built.items()})
 
     def _build_sequential(self, i: int, plan: Plan, original, installed, device) -> None:
         """Block i on the inputs the plan's installed blocks 0..i-1 produce."""

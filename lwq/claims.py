@@ -1,4 +1,5 @@
-"""Claims on points, so that processes sharing a results tree never evaluate a point twice.
+"""Claims, so that processes sharing a results tree never do the same work twice (a point,
+a plan, a score, a calibrated variant).
 
 A process claims a point before evaluating it by creating `<dir>/<point key>.claim`
 exclusively (O_CREAT | O_EXCL: one process wins, on a local disk and on NFS v3+); the
@@ -7,7 +8,8 @@ thread touches its claims every `heartbeat` seconds. A claim is stale, and is ta
 when its process is gone: on the same host, that pid is not running (or runs another
 program: its start time differs); on another host, the claim was not touched for
 `lease` seconds; and at once when it names this SLURM job: a requeued job (pre-empted or
-timed out) takes over what it held before, wherever it runs now. Taking over renames the stale file away first, so only one process can.
+timed out) takes over what it held before, wherever it runs now. Taking over happens
+under a lock file and renames the stale file away first, so only one process can.
 """
 
 from __future__ import annotations
