@@ -19,8 +19,11 @@ from lwq.quant import BACKENDS, make_backend
 from run import command_words_to_overrides
 from tests.conftest import CONF, REF_MODEL, ROOT, compose_config
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir())
-OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+GLOBAL = ("experiment", "ordering")  # bundles of other groups' choices: test_experiments.py
+OPTIONS = [
+    (g, p.stem) for g in GROUPS if g not in GLOBAL for p in sorted((CONF / g).glob("*.yaml"))
+]
 WIDTHS_IT_CAN_DO = {"bnb": ["sweep.high=8", "sweep.low=4"]}  # the default sweep is 4 -> 2
 
 

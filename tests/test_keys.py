@@ -3,7 +3,6 @@ layer was rewritten (so existing results/ resume), and each key moves with what 
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from lwq.metrics.cache import _path
@@ -20,7 +19,7 @@ DEFAULT_LDI_CACHE_FILE = "ldi-ae4f8ca24f537bc0.json"
 
 def _default_keys(*overrides: str) -> tuple[str, dict, str]:
     run = compose_config(*overrides)
-    model, calib, evaluation = run.model.identity(), run.calib.identity(), asdict(run.eval.spec)
+    model, calib, evaluation = run.model.identity(), run.calib.identity(), run.eval.spec.identity()
     backend = make_backend(run.quant.name, **run.quant.settings)
     quant = keys.quant_identity(backend.name, backend.settings(), None)
     metric = run.metric
