@@ -56,11 +56,14 @@ class EvalSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
-        object.__setattr__(self, "limits", dict(self.limits or {}))
+        # A preset's per-task limits are defaults: those of tasks not swept are dropped,
+        # so `eval=quick eval.tasks=[piqa]` works without also clearing eval.limits.
+        limits = {t: n for t, n in (self.limits or {}).items() if t in self.tasks}
+        object.__setattr__(self, "limits", limits)
         object.__setattr__(self, "num_fewshot", dict(self.num_fewshot or {}))
         object.__setattr__(self, "local", dict(self.local or {}))
         check_source(self.source)
-        for key in ("limits", "num_fewshot", "local"):
+        for key in ("num_fewshot", "local"):
             stray = sorted(set(getattr(self, key)) - set(self.tasks))
             if stray:
                 raise LwqError(f"eval.{key} names {stray}, which are not in eval.tasks")
