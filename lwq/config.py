@@ -70,15 +70,18 @@ class ModelSpec:
     calib_text: str
     eval_text: str
     shape: ModelShape | None = None  # None when the conf gives no shapes
+    gguf_file: str | None = None  # a GGUF file in `path` to load (dequantized) instead
+    make: str | None = None  # the command that builds a local checkpoint (e.g. make smollm2)
 
     def identity(self) -> dict:
         """What the numbers depend on: goes into every key."""
-        return {
+        identity = {
             "name": self.name,
             "path": self.path,
             "revision": self.revision,
             "dtype": self.dtype,
         }
+        return identity | ({"gguf_file": self.gguf_file} if self.gguf_file else {})
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,8 @@ def _model(node: dict) -> ModelSpec:
         calib_text=node["calib_text"],
         eval_text=node["eval_text"],
         shape=_shape(node),
+        gguf_file=node.get("gguf_file"),
+        make=node.get("make"),
     )
 
 

@@ -5,6 +5,10 @@ Named sources, resolved the same way everywhere:
   the embedded reference model was trained on (lwq.reference.corpus).
 - `wikitext2-test`: the local WikiText-2 raw test file under the data directory
   (`paths.data`, env LWQ_DATA), split into its articles.
+- `wikitext2-test-calib`, `wikitext2-test-heldout`: the articles of that same local file
+  split, with a fixed seed, into a calibration quarter and an evaluation rest that share
+  no article (only WikiText-2 test is local; a model calibrated and evaluated on it must
+  never see its evaluation text during calibration).
 - `wikitext2-train`: the hub data set `Salesforce/wikitext` (needs internet or a cached copy).
 - `file:<path>`: one local UTF-8 text file.
 """
@@ -21,7 +25,14 @@ from lwq.errors import LwqError
 from lwq.reference.corpus import SPLITS, load_split
 
 WIKITEXT_TEST = "wikitext-2-raw/wiki.test.raw"
-NAMED_SOURCES = (*(f"ref-{split}" for split in SPLITS), "wikitext2-test", "wikitext2-train")
+WIKITEXT_SPLITS = ("wikitext2-test-calib", "wikitext2-test-heldout")
+WIKITEXT_SPLIT_SEED = 0  # which articles calibrate: fixed, so every run splits the same way
+NAMED_SOURCES = (
+    *(f"ref-{split}" for split in SPLITS),
+    "wikitext2-test",
+    *WIKITEXT_SPLITS,
+    "wikitext2-train",
+)
 _ARTICLE_TITLE = re.compile(r"^ = [^=].* = $")
 
 
@@ -40,7 +51,7 @@ def check_text_source(source: str, key: str) -> None:
 
 def source_files(source: str, data_dir: Path) -> list[Path]:
     """The local files a source reads ([] for the stdlib corpus and the hub)."""
-    if source == "wikitext2-test":
+    if source == "wikitext2-test" or source in WIKITEXT_SPLITS:
         return [Path(data_dir) / WIKITEXT_TEST]
     if source.startswith("file:"):
         return [Path(source.removeprefix("file:")).expanduser()]
@@ -51,8 +62,13 @@ def load_texts(source: str, data_dir: Path) -> list[str]:
     """The documents of a named source, in a fixed order."""
     if source.startswith("ref-"):
         return [doc.text for doc in load_split(source.removeprefix("ref-"))]
-    if source == "wikitext2-test":
-        return wikitext_articles(_read(data_dir / WIKITEXT_TEST, "paths.data=<dir> or LWQ_DATA"))
+    if source == "wikitext2-test" or source in WIKITEXT_SPLITS:
+        raw = _read(data_dir / WIKITEXT_TEST, "paths.data=<dir> or LWQ_DATA")
+        articles = wikitext_articles(raw)
+        if source == "wikitext2-test":
+            return articles
+        calib, heldout = split_articles(articles, seed=WIKITEXT_SPLIT_SEED)
+        return calib if source == "wikitext2-test-calib" else heldout
     if source == "wikitext2-train":
         return _hub_wikitext("train")
     if source.startswith("file:"):
@@ -74,6 +90,19 @@ def wikitext_articles(raw: str) -> list[str]:
             articles.append([])
         articles[-1].append(line)
     return ["".join(lines) for lines in articles]
+
+
+def split_articles(articles: list[str], *, seed: int) -> tuple[list[str], list[str]]:
+    """(calibration quarter, held-out rest) of `articles`, chosen with `seed`; each part
+    keeps the file's order. A quarter of WikiText-2 test is ~60k tokens: 32 x 256
+    calibration windows with room to spare."""
+    order = list(range(len(articles)))
+    random.Random(seed).shuffle(order)
+    calib = set(order[: max(1, len(articles) // 4)])
+    return (
+        [a for i, a in enumerate(articles) if i in calib],
+        [a for i, a in enumerate(articles) if i not in calib],
+    )
 
 
 def _hub_wikitext(split: str) -> list[str]:

@@ -15,6 +15,17 @@ def test_wikitext_test_file_splits_into_articles(data_dir):
     assert "".join(articles) == (data_dir / "wikitext-2-raw" / "wiki.test.raw").read_text()
 
 
+def test_wikitext_calibration_and_heldout_articles_never_overlap(data_dir):
+    articles = load_texts("wikitext2-test", data_dir)
+    calib = load_texts("wikitext2-test-calib", data_dir)
+    heldout = load_texts("wikitext2-test-heldout", data_dir)
+    assert not set(calib) & set(heldout)
+    assert sorted(calib + heldout) == sorted(articles)
+    assert len(calib) == len(articles) // 4
+    assert heldout == [a for a in articles if a not in set(calib)]  # the file's order kept
+    assert calib == load_texts("wikitext2-test-calib", data_dir)  # the same split every run
+
+
 def test_missing_data_names_the_path_and_the_fix(tmp_path):
     with pytest.raises(LwqError, match=f"{tmp_path}.*LWQ_DATA"):
         load_texts("wikitext2-test", tmp_path)

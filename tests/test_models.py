@@ -32,6 +32,7 @@ CONF_KEYS = {
     "path",
     "revision",
     "trust_remote_code",
+    "gguf_file",
     "dtype",
     "model_type",
     "shrink_as",

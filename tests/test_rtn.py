@@ -105,3 +105,26 @@ def test_unsupported_bits_are_refused_with_the_fix():
         check_bits(rtn, 1)
     with pytest.raises(LwqError, match="unknown quant backend 'rnt'.*did you mean 'rtn'"):
         BACKENDS.get("rnt")
+
+
+def test_minmax_range_keeps_values_already_on_a_q4_1_grid():
+    """A group built as GGUF's Q4_1 builds it (float minimum m, scale d, codes 0..15 with
+    both ends used) comes back unchanged with range=minmax; the default range, which
+    widens to hold 0 and rounds the offset to a whole step, moves it."""
+    torch.manual_seed(0)
+    m, d = torch.rand(8, 4, 1) + 0.5, torch.rand(8, 4, 1) * 0.1 + 0.01  # all weights > 0
+    codes = torch.randint(0, 16, (8, 4, 32)).float()
+    codes[..., 0], codes[..., 1] = 0, 15
+    w = (codes * d + m).reshape(8, 128)
+    assert torch.allclose(quantize_rows(w, 4, 32, "minmax"), w, atol=1e-6)
+    assert (quantize_rows(w, 4, 32, "include_zero") - w).abs().max() > 0.01
+
+
+def test_minmax_range_counts_a_16_bit_minimum_per_group():
+    layer = torch.nn.Linear(128, 8, bias=False)
+    # 8 x 128 weights at 4 bits, 32 groups of 32: Q4_1's 20 bytes per group
+    assert make_backend("rtn", group_size=32, range="minmax").weight_bytes(layer, 4) == 32 * 20
+    codes = 8 * 128 * 4 // 8  # bytes
+    assert make_backend("rtn", group_size=32).weight_bytes(layer, 4) == codes + 32 * (16 + 4) // 8
+    with pytest.raises(LwqError, match="quant.range=midrange is not a range"):
+        make_backend("rtn", range="midrange")

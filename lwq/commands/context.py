@@ -27,6 +27,7 @@ from lwq.evaluation.tasks import check_task_names
 from lwq.metrics import METRICS, Scores
 from lwq.metrics.cache import load_cached
 from lwq.metrics.cache import store as store_scores
+from lwq.modeling import gguf
 from lwq.modeling.blocks import find_blocks
 from lwq.modeling.capture import BlockInputs
 from lwq.modeling.load import CheckpointFacts, load_model, read_checkpoint_facts
@@ -158,6 +159,7 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
             code=git_state(),
             data_sha256=_data_digests(run, suite),
             weights_sha256=_weight_digests(run),
+            weights_source=_weights_source(run),
         )
         context.tracker = _tracker(run)
     return context
@@ -217,7 +219,13 @@ def load(run: RunConfig) -> tuple[torch.nn.Module, object, torch.nn.ModuleList, 
 
 
 def _hub_options(run: RunConfig) -> dict:
-    return {"trust_remote_code": run.model.trust_remote_code, "revision": run.model.revision}
+    m = run.model
+    return {
+        "trust_remote_code": m.trust_remote_code,
+        "revision": m.revision,
+        "gguf_file": m.gguf_file,
+        "make": m.make,
+    }
 
 
 def _weights_options(run: RunConfig) -> dict:
@@ -270,10 +278,22 @@ def _calibration(run: RunConfig, tokenizer) -> Callable[[], torch.Tensor]:
 
 
 def _weight_digests(run: RunConfig) -> dict:
-    """sha256 of each weight file of the checkpoint (local, or the hub's cached snapshot)."""
+    """sha256 of each weight file of the checkpoint (local, or the hub's cached snapshot);
+    of a GGUF model, of its one file."""
     files = weight_files(resolve_model_path(run.model.path))
+    if run.model.gguf_file:
+        files = [f for f in files if f.name == run.model.gguf_file]
     base = files[0].parent if files else None
     return files_sha256(files, run.paths.cache / "sha256.json", base=base)
+
+
+def _weights_source(run: RunConfig) -> dict | None:
+    """Where the weights came from when they were not full precision: a GGUF file loaded
+    directly, or the GGUF a local checkpoint was converted from (its types, e.g. Q4_1)."""
+    path = Path(resolve_model_path(run.model.path))
+    if run.model.gguf_file and (path / run.model.gguf_file).is_file():
+        return gguf.describe(path / run.model.gguf_file, with_sha256=False)
+    return gguf.read_source(path) if path.is_dir() else None
 
 
 def _data_digests(run: RunConfig, suite: Suite) -> dict:

@@ -90,8 +90,9 @@ def run_dry(run: RunConfig) -> dict:
 
 def _model_config(run: RunConfig):
     path = resolve_model_path(run.model.path)
+    m = run.model
     config = checkpoint_config(
-        path, trust_remote_code=run.model.trust_remote_code, revision=run.model.revision
+        path, trust_remote_code=m.trust_remote_code, revision=m.revision, gguf_file=m.gguf_file
     )
     if config is not None:
         return config, f"config.json of {path}"

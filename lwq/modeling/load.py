@@ -53,6 +53,8 @@ def load_model(
     trust_remote_code: bool = False,
     revision: str | None = None,
     allow_pickle: bool = False,
+    gguf_file: str | None = None,
+    make: str | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a hub id or a local directory.
 
@@ -61,16 +63,22 @@ def load_model(
     neither). `trust_remote_code` is passed through as given. Weights are read from
     safetensors files only (loading a pickle can run code) unless `allow_pickle`. Raises
     ModelNotFoundError (a FileNotFoundError) for a local path that does not exist and for a
-    hub id that is neither cached nor reachable.
+    hub id that is neither cached nor reachable. `gguf_file` names a GGUF file in the
+    directory (or hub repo) to load instead, dequantized to `dtype` through the `gguf`
+    package. `make` is the command that builds a missing local checkpoint.
     """
     path = os.path.expanduser(name_or_path)
-    _check_exists(path)
+    _check_exists(path, make)
     options = {"revision": revision, "trust_remote_code": trust_remote_code}
+    weights = {"use_safetensors": not allow_pickle}
+    if gguf_file:
+        options["gguf_file"] = gguf_file
+        weights = {}  # a GGUF file is data only (no pickle), whatever allow_pickle says
     try:
         # Tokenizer first: it is small, so an uncached model fails before any weights load.
         tokenizer = AutoTokenizer.from_pretrained(path, **options)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, device_map=device, use_safetensors=not allow_pickle, **options
+            path, dtype=dtype, device_map=device, **weights, **options
         )
     except OSError as err:
         if not allow_pickle and "safetensors" in str(err):
@@ -95,14 +103,25 @@ class CheckpointFacts:
 
 
 def read_checkpoint_facts(
-    name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None
+    name_or_path: str,
+    *,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    gguf_file: str | None = None,
+    make: str | None = None,
 ) -> CheckpointFacts:
-    """The number of blocks and the context of a checkpoint, from its config alone."""
+    """The number of blocks and the context of a checkpoint, from its config alone (for a
+    GGUF file, from its metadata: no tensor is read)."""
     path = os.path.expanduser(name_or_path)
-    _check_exists(path)
+    _check_exists(path, make)
+    if gguf_file and not _looks_like_hub_id(path) and not os.path.isfile(f"{path}/{gguf_file}"):
+        raise ModelNotFoundError(
+            f"model.gguf_file={gguf_file} is not in {path}; name a .gguf file in model.path"
+        )
+    gguf = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         config = AutoConfig.from_pretrained(
-            path, revision=revision, trust_remote_code=trust_remote_code
+            path, revision=revision, trust_remote_code=trust_remote_code, **gguf
         )
     except OSError as err:
         if not _is_offline_error(err):
@@ -117,8 +136,12 @@ def read_checkpoint_facts(
     )
 
 
-def _check_exists(path: str) -> None:
-    if not os.path.exists(path) and not _looks_like_hub_id(path):
+def _check_exists(path: str, make: str | None = None) -> None:
+    if os.path.exists(path):
+        return
+    if make:
+        raise ModelNotFoundError(f"model path {path!r} does not exist yet; build it with `{make}`")
+    if not _looks_like_hub_id(path):
         raise ModelNotFoundError(
             f"model path {path!r} does not exist and is not a hub id (owner/name); "
             "set model.path to a local checkpoint directory or a hub id"
@@ -134,7 +157,11 @@ def _not_cached(path: str) -> ModelNotFoundError:
 
 
 def checkpoint_config(
-    name_or_path: str, *, trust_remote_code: bool = False, revision: str | None = None
+    name_or_path: str,
+    *,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    gguf_file: str | None = None,
 ):
     """The checkpoint's config from disk: a local directory's config.json or a hub id's in
     the local Hugging Face cache (never the network); None if neither is there."""
@@ -142,8 +169,13 @@ def checkpoint_config(
     if not os.path.exists(path) and not _looks_like_hub_id(path):
         return None
     try:
+        gguf = {"gguf_file": gguf_file} if gguf_file else {}
         return AutoConfig.from_pretrained(
-            path, revision=revision, trust_remote_code=trust_remote_code, local_files_only=True
+            path,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            local_files_only=True,
+            **gguf,
         )
     except (OSError, ValueError):
         return None

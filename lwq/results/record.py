@@ -27,10 +27,12 @@ def shared_fields(
     code: dict,
     data_sha256: dict,
     weights_sha256: dict,
+    weights_source: dict | None = None,
 ) -> dict:
     """The fields every record of one run has in common, provenance included: the seed, the
     library versions, the git commit (and whether the tree was dirty), and a sha256 of each
-    data and weight file the run read."""
+    data and weight file the run read; `weights_source` says when the weights were a
+    quantized format (GGUF) dequantized on load, and of which tensor types."""
     return {
         "model": model,
         "quant": quant,
@@ -42,6 +44,7 @@ def shared_fields(
         "code": code,
         "data_sha256": data_sha256,
         "weights_sha256": weights_sha256,
+        "weights_source": weights_source,
     }
 
 
