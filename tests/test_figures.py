@@ -249,3 +249,14 @@ def test_cli_writes_the_selected_figures_and_fails_without_records(results, tmp_
     assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 1
     assert "no records under" in capsys.readouterr().out
     assert set(load_results(results)) == {MODEL}
+
+
+def test_blocks_are_coloured_by_rank_so_one_outlier_does_not_flatten_the_rest():
+    from lwq.figures.blocks import rank_importance
+
+    # SmolLM2-like LIM: block 0 tens of times the others; ranks still spread them evenly
+    lim = [0.9, 0.01, 0.03, 0.02, 0.02]
+    assert rank_importance(lim, higher_is_important=True) == [1.0, 0.0, 0.75, 0.375, 0.375]
+    # ZD reads smaller as more important: the smallest score ranks highest
+    assert rank_importance([0.3, 0.1, 0.2], higher_is_important=False) == [0.0, 1.0, 0.5]
+    assert rank_importance([0.2, 0.2], higher_is_important=True) == [0.5, 0.5]

@@ -16,7 +16,7 @@ import torch
 from lwq.data import chunk_documents, load_texts, seeded_subset
 from lwq.errors import LwqError
 from lwq.evaluation.perplexity import perplexity
-from lwq.modeling.blocks import find_blocks
+from lwq.modeling.blocks import block_linears, find_blocks
 from lwq.modeling.capture import BlockInputs
 from lwq.plan import Plan, two_level_plan
 from lwq.quant import make_backend
@@ -227,3 +227,38 @@ def test_calibrated_blocks_are_built_once_and_shared_through_the_store(tmp_path,
     stored = [r for r in records(tmp_path) if r.get("metric") == "zd"]
     again = [r for r in records(fresh) if r.get("metric") == "zd"]
     assert stored[0]["eval"]["tasks"] == again[0]["eval"]["tasks"]
+
+
+def test_true_sequential_groups_linears_by_their_shared_input(model_and_ids):
+    """q, k, v read one tensor, o its attention output, gate and up one tensor, down
+    their product: four groups, in the order they run, found without knowing names."""
+    from lwq.quant.gptq import _input_groups
+
+    model, blocks, ids = model_and_ids
+    inputs = BlockInputs.capture(model, blocks, ids)
+    linears = dict(block_linears(blocks[0]))
+    groups = _input_groups(blocks[0], inputs, linears)
+    short = [[name.rsplit(".", 1)[-1] for name in group] for group in groups]
+    assert short == [
+        ["q_proj", "k_proj", "v_proj"],
+        ["o_proj"],
+        ["gate_proj", "up_proj"],
+        ["down_proj"],
+    ]
+
+
+def test_true_sequential_changes_the_later_groups_only(model_and_ids):
+    """The first group (q, k, v) sees the same inputs either way; o, gate, up and down are
+    calibrated on the already-quantized ones before them, so they differ."""
+    model, blocks, ids = model_and_ids
+    built = {}
+    for mode in (True, False):
+        inputs = BlockInputs.capture(model, blocks, ids)
+        block = copy.deepcopy(blocks[0])
+        _gptq(true_sequential=mode).quantize_block(block, 2, inputs)
+        packed = [(n, m) for n, m in block.named_modules() if hasattr(m, "dequantize_weight")]
+        built[mode] = {n: m.dequantize_weight() for n, m in packed}
+    assert len(built[True]) == 7
+    for name in built[True]:
+        same = torch.equal(built[True][name], built[False][name])
+        assert same == name.endswith(("q_proj", "k_proj", "v_proj")), name

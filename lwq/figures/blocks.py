@@ -29,13 +29,25 @@ def top_k_overlap(ranking_a: list[int], ranking_b: list[int]) -> list[int]:
     return [len(set(ranking_a[-k:]) & set(ranking_b[-k:])) for k in range(1, len(ranking_a) + 1)]
 
 
-def relative_importance(scores: list[float], higher_is_important: bool) -> list[float]:
-    """Scores mapped to [0, 1]: 0 = least, 1 = most important (all 0.5 if all equal)."""
-    lo, hi = min(scores), max(scores)
-    if hi == lo:
-        return [0.5] * len(scores)
-    scaled = [(s - lo) / (hi - lo) for s in scores]
-    return scaled if higher_is_important else [1 - s for s in scaled]
+def rank_importance(scores: list[float], higher_is_important: bool) -> list[float]:
+    """Each block's importance rank mapped to [0, 1]: 0 = least, 1 = most important; tied
+    scores share their mean rank (all 0.5 if all are equal). Ranks, not scaled scores: on
+    a real model one block's LIM can be tens of times the others' (SmolLM2's block 0), and
+    a linear colour scale would then show one bright block and the rest alike."""
+    n = len(scores)
+    if n == 1 or min(scores) == max(scores):
+        return [0.5] * n
+    order = sorted(range(n), key=lambda i: scores[i] if higher_is_important else -scores[i])
+    ranks = [0.0] * n
+    start = 0
+    while start < n:  # runs of equal scores share the mean of their positions
+        end = start
+        while end + 1 < n and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        for j in range(start, end + 1):
+            ranks[order[j]] = (start + end) / 2 / (n - 1)
+        start = end + 1
+    return ranks
 
 
 def importance_metrics(mr: ModelRecords) -> dict[str, dict]:
@@ -81,10 +93,11 @@ def intersec_figure(mr: ModelRecords, a: str = "ldi", b: str = "zd") -> Drawn:
 
 @styled
 def blocks_figure(mr: ModelRecords) -> Drawn:
-    """Fig. 1: one row of boxes per metric, block i coloured by its relative importance
-    (`relative_importance`); raw scores written in the boxes when there are <= 16 blocks."""
+    """Fig. 1: one row of boxes per metric, block i coloured by its importance rank within
+    the metric (`rank_importance`, the paper's green-to-red ranking), its raw score written
+    in the box."""
     metrics = importance_metrics(mr)
-    rows = [relative_importance(v["scores"], v["higher_is_important"]) for v in metrics.values()]
+    rows = [rank_importance(v["scores"], v["higher_is_important"]) for v in metrics.values()]
     n = len(rows[0])
     fig, ax = new_figure((max(5.0, 0.32 * n + 1.5), 0.55 * len(rows) + 1.4))
     image = ax.imshow(rows, cmap=IMPORTANCE_CMAP, vmin=0, vmax=1, aspect="auto")
@@ -96,13 +109,13 @@ def blocks_figure(mr: ModelRecords) -> Drawn:
     ax.set_yticks([y - 0.5 for y in range(1, len(rows))], minor=True)
     ax.grid(which="minor", color="white", linewidth=1.5)
     ax.tick_params(which="minor", length=0)
-    if n <= 16:
-        for row, values in enumerate(metrics.values()):
-            for i, score in enumerate(values["scores"]):
-                shade = "black" if rows[row][i] > 0.6 else "white"
-                ax.text(i, row, f"{score:.2g}", ha="center", va="center", fontsize=6, color=shade)
+    size = 6 if n <= 16 else 4.5
+    for row, values in enumerate(metrics.values()):
+        for i, score in enumerate(values["scores"]):
+            shade = "black" if rows[row][i] > 0.6 else "white"
+            ax.text(i, row, f"{score:.2g}", ha="center", va="center", fontsize=size, color=shade)
     bar = fig.colorbar(image, ax=ax, pad=0.01)
-    bar.set_label("relative importance\n(0 = least, 1 = most)")
+    bar.set_label("importance rank\n(0 = least, 1 = most)")
     ax.set_title(f"{mr.model}: block importance")
     return Drawn(fig)
 

@@ -2,9 +2,12 @@
 
 GPTQ quantizes a linear layer column by column and pushes each column's rounding error
 onto the columns not yet quantized, weighted by the inverse Hessian H = X^T X of the
-layer's calibration inputs X. So unlike the other backends it quantizes whole blocks:
-one forward pass of the block, as loaded, over the inputs entering it records every
-linear's X (all linears of a block see full-precision sublayers before them), then each
+layer's calibration inputs X. So unlike the other backends it quantizes whole blocks, one
+group of linears at a time: with `true_sequential` (default, as the GPTQ reference code)
+the linears that read the same input (q, k and v; gate and up) are quantized together,
+and each later group's X is recorded with the groups before it already quantized, so
+o_proj corrects the error of q, k and v, and down_proj that of everything before it;
+without it one forward pass records every linear's X on the full-precision block. Each
 linear is quantized by gptqmodel's `GPTQ` and packed into its `TorchLinear` (the GPTQ
 checkpoint format: int32-packed codes, int32-packed zero points, float16 scales, an int32
 group index per input feature). Which inputs enter a block (those of the full-precision
@@ -65,6 +68,7 @@ class GPTQBackend:
         damp_percent: float = 0.01,
         inputs: str = "full_precision",
         eval_dequantized: bool | str = "auto",
+        true_sequential: bool = True,
     ) -> None:
         if group_size < PACK_MULTIPLE or group_size % PACK_MULTIPLE:
             raise LwqError(f"quant.settings.group_size must be a multiple of 32, got {group_size}")
@@ -79,6 +83,7 @@ class GPTQBackend:
         self.act_order = act_order
         self.damp_percent = damp_percent
         self.inputs = inputs
+        self.true_sequential = bool(true_sequential)
         if eval_dequantized == "auto":  # the library's kernels on CUDA; dequantized on CPU
             eval_dequantized = pick_device("auto").type != "cuda"
         if not isinstance(eval_dequantized, bool):
@@ -96,6 +101,7 @@ class GPTQBackend:
             "damp_percent": self.damp_percent,
             "inputs": self.inputs,
             "eval_dequantized": self.eval_dequantized,
+            "true_sequential": self.true_sequential,
         }
 
     def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
@@ -109,32 +115,50 @@ class GPTQBackend:
     def quantize_block(self, block: torch.nn.Module, bits: int, inputs: BlockInputs) -> None:
         """Replace every linear of `block` (mutated) by its packed GPTQ `TorchLinear`.
 
-        `inputs` are the hidden states entering this block; the block itself runs them once.
+        `inputs` are the hidden states entering this block; the block runs them once per
+        group of linears (once in all without true_sequential).
         """
         if bits == FULL_PRECISION:
             return
+        linears = dict(block_linears(block))
+        for name, module in linears.items():
+            self._check_shape(name, as_linear(self.name, module))
+        groups = _input_groups(block, inputs, linears) if self.true_sequential else [[*linears]]
+        if sorted(n for g in groups for n in g) != sorted(linears):  # never skip a linear
+            raise LwqError(f"GPTQ found linears {groups} in a block holding {sorted(linears)}")
+        packed = {}
+        for group in groups:
+            tasks = {name: self._task(linears[name], bits) for name in group}
+            handles = [
+                linears[name].register_forward_pre_hook(self._collector(tasks[name]))
+                for name in group
+            ]
+            try:
+                inputs.run(block)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for name, task in tasks.items():
+                if not task.nsamples:  # gptqmodel would fall back to plain rounding silently
+                    raise LwqError(f"{name} saw no calibration tokens; check calib.samples")
+                packed[name] = self._pack(task, bits)
+                if self.true_sequential:  # the next groups see this linear quantized
+                    block.set_submodule(name, self._runnable(packed[name], linears[name]))
+        for name, module in packed.items():
+            block.set_submodule(name, module)
+
+    def _task(self, module: torch.nn.Module, bits: int):
         gptq, config, _ = _gptqmodel()
-        linears = block_linears(block)
-        tasks = {}
-        for name, module in linears:
-            linear = as_linear(self.name, module)
-            self._check_shape(name, linear)
-            task = gptq(linear, config(**self._config(bits)))
-            task.quantizer.configure(perchannel=True)
-            tasks[name] = task
-        handles = [
-            module.register_forward_pre_hook(self._collector(tasks[name]))
-            for name, module in linears
-        ]
-        try:
-            inputs.run(block)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for name, task in tasks.items():
-            if not task.nsamples:  # gptqmodel would fall back to plain rounding silently
-                raise LwqError(f"{name} saw no calibration tokens; check calib.samples")
-            block.set_submodule(name, self._pack(task, bits))
+        task = gptq(as_linear(self.name, module), config(**self._config(bits)))
+        task.quantizer.configure(perchannel=True)
+        return task
+
+    @staticmethod
+    def _runnable(packed: torch.nn.Module, linear: torch.nn.Module) -> torch.nn.Module:
+        """A quantized linear's dequantized weights as a plain linear: what the next groups'
+        inputs are recorded through (gptqmodel's CPU kernels are slow at 2 and 3 bits)."""
+        weight = packed.dequantize_weight().t()
+        return dequantized(weight, linear.bias, 0, linear.weight.dtype)
 
     def for_eval(self, block: torch.nn.Module) -> torch.nn.Module:
         """`block` (mutated) as evaluated: packed, or on its dequantized weights."""
@@ -232,6 +256,35 @@ class GPTQBackend:
         packed.pack(linear, scale, zero, g_idx)
         packed.post_init()
         return packed.to(linear.weight.device).eval()
+
+
+def _input_groups(block, inputs: BlockInputs, linears: dict) -> list[list[str]]:
+    """The block's linears in the order they run, those reading the same input tensor
+    (q, k and v; gate and up) in one group; found by running the first calibration batch
+    once, so any family's naming works."""
+    seen: list[tuple[str, torch.Tensor]] = []  # the tensors are held, so ids are not reused
+
+    def recorder(name):
+        def hook(module, args):
+            seen.append((name, args[0]))
+
+        return hook
+
+    handles = [module.register_forward_pre_hook(recorder(n)) for n, module in linears.items()]
+    try:
+        block(inputs.hidden[0], **inputs.kwargs[inputs.index][0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups: list[list[str]] = []
+    for k, (name, tensor) in enumerate(seen):
+        if any(name in g for g in groups):
+            continue  # a linear called twice keeps its first place
+        if k and tensor is seen[k - 1][1] and groups:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
 
 
 def _packed_bytes(module: torch.nn.Module) -> int:
