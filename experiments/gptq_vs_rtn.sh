@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 common=(model=smollm2-135m metric=ldi "sweep.fractions=[0,0.4]" eval.limit=8 eval.kl=false tracking=none "$@")
 python run.py "${common[@]}" quant=rtn sweep
 python run.py -m "${common[@]}" quant=gptq quant.settings.true_sequential=false,true sweep
-python run.py -m "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 sweep
-python run.py -m "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 quant.settings.act_order=true sweep
-python run.py -m "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 calib.samples=128 sweep
-python run.py -m "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 quant.settings.inputs=sequential sweep
+python run.py "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 sweep
+python run.py "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 quant.settings.act_order=true sweep
+python run.py "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 calib.samples=128 sweep
+python run.py "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 quant.settings.inputs=sequential sweep
+python run.py "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 quant.settings.mse=2.4 sweep
+python run.py "${common[@]}" quant=gptq quant.settings.damp_percent=0.1 quant.settings.mse=2.4 quant.settings.inputs=sequential calib.samples=128 sweep
+python experiments/quant_table.py smollm2-135m

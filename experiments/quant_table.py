@@ -12,7 +12,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-SKIP = {"name", "eval_dequantized"}  # how a point is evaluated, not what it is
+SKIP = {"name", "eval_dequantized", "calib"}  # how it is evaluated; calib: shown apart
 
 
 def perplexity(record: dict) -> float | None:

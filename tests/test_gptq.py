@@ -140,6 +140,7 @@ def test_a_calibrated_backend_gets_calibrated_variants_and_needs_inputs(model_an
         ("group_size", 48, "multiple of 32"),
         ("inputs", "both", "full_precision, sequential"),
         ("damp_percent", 0.0, r"in \(0, 1\)"),
+        ("mse", -1.0, r"0 \(off\) or a norm"),
     ],
 )
 def test_bad_settings_name_the_fix(setting, value, phrase):

@@ -69,6 +69,7 @@ class GPTQBackend:
         inputs: str = "full_precision",
         eval_dequantized: bool | str = "auto",
         true_sequential: bool = True,
+        mse: float = 0.0,
     ) -> None:
         if group_size < PACK_MULTIPLE or group_size % PACK_MULTIPLE:
             raise LwqError(f"quant.settings.group_size must be a multiple of 32, got {group_size}")
@@ -84,6 +85,9 @@ class GPTQBackend:
         self.damp_percent = damp_percent
         self.inputs = inputs
         self.true_sequential = bool(true_sequential)
+        if not 0 <= mse <= 10:
+            raise LwqError(f"quant.settings.mse must be 0 (off) or a norm such as 2.4, got {mse}")
+        self.mse = float(mse)
         if eval_dequantized == "auto":  # the library's kernels on CUDA; dequantized on CPU
             eval_dequantized = pick_device("auto").type != "cuda"
         if not isinstance(eval_dequantized, bool):
@@ -102,6 +106,8 @@ class GPTQBackend:
             "inputs": self.inputs,
             "eval_dequantized": self.eval_dequantized,
             "true_sequential": self.true_sequential,
+            # off by default and then left out, so keys made before it existed stay valid
+            **({"mse": self.mse} if self.mse else {}),
         }
 
     def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
@@ -220,6 +226,7 @@ class GPTQBackend:
             "sym": self.sym,
             "desc_act": self.act_order,
             "damp_percent": self.damp_percent,
+            "mse": self.mse,
             "offload_to_disk": False,
         }
 
