@@ -171,17 +171,20 @@ def test_intersec_is_the_overlap_of_the_ranking_fields(built, records):
     assert reverse == ldi[::-1]  # reversed sweeps store the reversed order
 
 
-def test_blocks_colours_are_the_scores_scaled_to_importance(built, records):
+def test_blocks_colours_are_the_importance_ranks(built, records):
+    from lwq.figures.blocks import rank_importance
+
     fig = built[0]["blocks"].fig
     drawn = fig.axes[0].images[0].get_array().tolist()
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["LIM (ldi)", "ZD"]
     ldi = next(iter(_sweep(records, "ldi").values()))["scores"]
     zd = next(iter(_sweep(records, "zd").values()))["scores"]
-    assert drawn[0] == pytest.approx([(s - min(ldi)) / (max(ldi) - min(ldi)) for s in ldi])
-    assert drawn[1] == pytest.approx(
-        [(max(zd) - s) / (max(zd) - min(zd)) for s in zd]
-    )  # lower = important
+    assert drawn[0] == pytest.approx(rank_importance(ldi, higher_is_important=True))
+    assert drawn[1] == pytest.approx(rank_importance(zd, higher_is_important=False))
     assert drawn[0].index(1.0) == ldi.index(max(ldi))
+    assert drawn[1].index(1.0) == zd.index(min(zd))  # lower = important
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels[:12] == [f"{s:.2g}" for s in ldi]  # every block's value written
 
 
 def test_scores_panels_hold_the_raw_scores(built, records):

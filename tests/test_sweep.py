@@ -76,7 +76,7 @@ def test_fraction_zero_with_16_bit_high_is_the_unquantized_model(tmp_path):
 POINT_FIELDS = {
     "schema", "model", "quant", "eval_provenance", "versions", "device", "config",
     "kind", "k", "avg_bits", "point_key", "eval", "eval_memory", "seconds", "time",
-    "seed", "code", "data_sha256", "weights_sha256", "plan_key",
+    "seed", "code", "data_sha256", "weights_sha256", "weights_source", "plan_key",
 }  # fmt: skip
 PLAN_FIELDS = {
     "n_blocks", "fraction", "high", "low", "plan", "bits_per_weight", "weight_bytes",
