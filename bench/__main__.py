@@ -7,7 +7,9 @@ Sections (`--section`, default all): `default_sweep` runs `python run.py` end to
 re-rendered, environment collected at every call) against `Suite.evaluate` (tasks,
 requests and tokens prepared once), and scans the batch size; `backends` times
 quantizing every block with each backend and width, and the forward speed after it
-(bench/backends.py). A section run alone
+(bench/backends.py); `pipeline` runs six points in process and as the hand-written
+pipeline (a fresh process per point: load, quantize, save, `lm_eval` command line;
+bench/pipeline.py). A section run alone
 replaces only its own entry in the results file.
 
 Speed is shown here, never by timed assertions in tests. Run it alone on the machine:
@@ -28,12 +30,13 @@ import torch
 
 from bench.backends import bench_backends
 from bench.evaluation import bench_eval_modes, bench_kl_bound
+from bench.pipeline import bench_pipeline
 from lwq.commands.context import load, make_suite
 from lwq.commands.sweep import run_sweep
 from lwq.config import compose_run
 from lwq.runtime import PROJECT_ROOT
 
-SECTIONS = ("default_sweep", "quick_suite", "backends", "evaluation")
+SECTIONS = ("default_sweep", "quick_suite", "backends", "evaluation", "pipeline")
 
 
 def bench_default_sweep(overrides: list[str]) -> dict:
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
             "modes": bench_eval_modes(args.overrides),
             "kl_bound": bench_kl_bound(args.overrides),
         }
+    if args.section in ("pipeline", "all"):
+        result["pipeline"] = bench_pipeline(args.overrides)
     if args.section in ("backends", "all"):
         result["backends"] = bench_backends(compose_run(*["tracking=none", *args.overrides]))
     args.out.parent.mkdir(parents=True, exist_ok=True)

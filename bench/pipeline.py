@@ -1,0 +1,100 @@
+"""lwq's in-process sweep against the pipeline researchers write by hand (`make bench`,
+section `pipeline`).
+
+The same six points (one metric, RTN, perplexity on a fixed subset of the held-out text)
+two ways: `run_sweep` in one process, and for each point a fresh process
+(`bench/naive_point.py`) that loads the model, quantizes every block, saves the
+checkpoint and runs the `lm_eval` command line on it with the same task files. Both
+wall times, their ratio, and the largest relative difference of the perplexities.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lwq.commands.sweep import run_sweep
+from lwq.config import compose_run
+from lwq.evaluation.suite import text_task_name
+from lwq.runtime import PROJECT_ROOT, resolve_model_path
+
+FRACTIONS = "[0,0.2,0.4,0.6,0.8,1]"
+AGREE = 1e-4  # relative: the same forward passes, batched alike; float32 sums differ little
+METRICS = ("word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+def bench_pipeline(overrides: list[str], fractions: str = FRACTIONS) -> dict:
+    """Seconds of both ways over the same points, their ratio, and their agreement."""
+    with tempfile.TemporaryDirectory() as scratch:
+        run = compose_run(
+            f"paths.results={scratch}",
+            "tracking=none",
+            f"sweep.fractions={fractions}",
+            "eval.kl=false",  # the naive pipeline has no KL reference
+            "eval.cross_check=none",
+            *overrides,
+        )
+        if run.quant.name != "rtn":
+            raise SystemExit("the pipeline bench compares RTN sweeps (the naive side uses RTN)")
+        started = time.time()
+        records = run_sweep(run)
+        in_process = time.time() - started
+        points = [r for r in records if r["kind"] == "quantized"]
+        spec = run.eval.spec
+        task = text_task_name(spec.name, spec.text)
+        tasks_dir = run.paths.cache / "tasks" / spec.digest()
+        naive, differences = [], []
+        for i, record in enumerate(points):
+            started = time.time()
+            metrics = naive_point(
+                run, record["plan"], tasks_dir=tasks_dir, task=task, work=Path(scratch) / str(i)
+            )
+            naive.append(round(time.time() - started, 2))
+            ours = record["eval"]["tasks"][task]
+            differences += [abs(metrics[m] / ours[m] - 1) for m in METRICS]
+    return {
+        "what": "the same RTN sweep in process (run.py) and as one fresh process per point "
+        "(load, quantize, save, lm_eval command line)",
+        "command": "python -m bench --section pipeline " + " ".join(overrides),
+        "model": run.model.name,
+        "points": len(points),
+        "in_process_seconds": round(in_process, 1),
+        "in_process_includes": "the reference point and the scores, besides the points",
+        "naive_seconds": round(sum(naive), 1),
+        "naive_seconds_per_point": naive,
+        "speedup": round(sum(naive) / in_process, 2),
+        "max_relative_difference": max(differences),
+        "agree_within": AGREE,
+        "agree": max(differences) <= AGREE,
+    }
+
+
+def naive_point(run, plan: list[int], *, tasks_dir: Path, task: str, work: Path) -> dict:
+    """One point through bench/naive_point.py in a fresh interpreter: its lm-eval metrics."""
+    command = [
+        sys.executable,
+        "-m",
+        "bench.naive_point",
+        "--model",
+        str(resolve_model_path(run.model.path)),
+        "--plan",
+        json.dumps(plan),
+        "--group-size",
+        str(run.quant.settings["group_size"]),
+        "--tasks-dir",
+        str(tasks_dir),
+        "--task",
+        task,
+        "--batch-size",
+        str(run.eval.batch_size),
+        "--max-length",
+        str(run.eval.spec.max_length),
+        "--work",
+        str(work),
+    ]
+    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
