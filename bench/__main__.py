@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
             "kl_bound": bench_kl_bound(args.overrides),
         }
     if args.section in ("pipeline", "all"):
-        result["pipeline"] = bench_pipeline(args.overrides)
+        measured = bench_pipeline(args.overrides)  # kept per model: ref-tiny and smollm2-135m
+        pipeline = result.get("pipeline") if isinstance(result.get("pipeline"), dict) else {}
+        result["pipeline"] = pipeline | {measured["model"]: measured}
     if args.section in ("backends", "all"):
         result["backends"] = bench_backends(compose_run(*["tracking=none", *args.overrides]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
