@@ -6,6 +6,10 @@ two ways: `run_sweep` in one process, and for each point a fresh process
 (`bench/naive_point.py`) that loads the model, quantizes every block, saves the
 checkpoint and runs the `lm_eval` command line on it with the same task files. Both
 wall times, their ratio, and the largest relative difference of the perplexities.
+
+Overhead: the in-process sweep's time against the pure forward passes of its
+evaluations, measured by a bare loop over the same token windows (`bare_forward_seconds`)
+times the number of evaluations.
 """
 
 from __future__ import annotations
@@ -17,8 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from lwq.commands.context import load, make_suite
 from lwq.commands.sweep import run_sweep
 from lwq.config import compose_run
+from lwq.evaluation.perplexity import token_windows
 from lwq.evaluation.suite import text_task_name
 from lwq.runtime import PROJECT_ROOT, resolve_model_path
 
@@ -47,6 +55,7 @@ def bench_pipeline(overrides: list[str], fractions: str = FRACTIONS) -> dict:
         spec = run.eval.spec
         task = text_task_name(spec.name, spec.text)
         tasks_dir = run.paths.cache / "tasks" / spec.digest()
+        bare = bare_forward_seconds(run)
         naive, differences = [], []
         for i, record in enumerate(points):
             started = time.time()
@@ -67,6 +76,9 @@ def bench_pipeline(overrides: list[str], fractions: str = FRACTIONS) -> dict:
         "naive_seconds": round(sum(naive), 1),
         "naive_seconds_per_point": naive,
         "speedup": round(sum(naive) / in_process, 2),
+        "evaluations": len(records),
+        "bare_forward_seconds_per_evaluation": round(bare, 2),
+        "overhead_over_bare_forwards": round(in_process / (len(records) * bare) - 1, 3),
         "max_relative_difference": max(differences),
         "agree_within": AGREE,
         "agree": max(differences) <= AGREE,
@@ -98,3 +110,28 @@ def naive_point(run, plan: list[int], *, tasks_dir: Path, task: str, work: Path)
     ]
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@torch.no_grad()
+def bare_forward_seconds(run) -> float:
+    """Seconds of the forward passes alone over one evaluation's token windows, batched as
+    the evaluation batches them, on the model as loaded: the floor of an evaluation."""
+    model, tokenizer, _, device = load(run)
+    suite = make_suite(run)
+    windows = token_windows(tokenizer, suite.texts, run.eval.spec.max_length)
+    size = run.eval.batch_size
+    batches = []
+    for start in range(0, len(windows), size):
+        inputs = [w[0] for w in windows[start : start + size]]
+        width = max(len(x) for x in inputs)
+        ids = torch.zeros(len(inputs), width, dtype=torch.long)
+        mask = torch.zeros(len(inputs), width, dtype=torch.long)
+        for row, x in enumerate(inputs):
+            ids[row, : len(x)] = torch.tensor(x)
+            mask[row, : len(x)] = 1
+        batches.append((ids.to(device), mask.to(device)))
+    model(input_ids=batches[0][0], attention_mask=batches[0][1])  # warm-up
+    started = time.time()
+    for ids, mask in batches:
+        model(input_ids=ids, attention_mask=mask)
+    return time.time() - started
