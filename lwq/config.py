@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from lwq.data import check_text_source
 from lwq.errors import LwqError
 from lwq.evaluation.divergence import TOP_K
-from lwq.evaluation.suite import CROSS_CHECKS, EvalSpec
+from lwq.evaluation.suite import CROSS_CHECKS, TEXT_ENGINES, EvalSpec
 from lwq.metrics import METRICS
 from lwq.plan import Plan, blocks_for_fraction, read_plan_file
 from lwq.quant import BACKENDS, check_bits, make_backend
@@ -135,6 +135,7 @@ class EvalConfig:
     batch_size: int  # speed only
     cross_check: str  # where lwq's own perplexity pass runs without KL: reference | all | none
     kl_top_k: int | None  # KL divergence to the unquantized model; None = off
+    text_by: str = "lm-eval"  # speed only: who scores the held-out text on quantized points
 
 
 @dataclass(frozen=True)
@@ -465,8 +466,9 @@ def _eval(node: dict) -> EvalConfig:
     top_k = _positive_int(node.get("kl_top_k", TOP_K), "eval.kl_top_k")
     if kl and not spec.text:
         raise LwqError("eval.kl=true needs a held-out text (eval.text); this suite has none")
+    text_by = _choice(node.get("text_by", "lm-eval"), TEXT_ENGINES, "eval.text_by")
     return EvalConfig(
-        spec, batch_size, _cross_check(node.get("cross_check")), top_k if kl else None
+        spec, batch_size, _cross_check(node.get("cross_check")), top_k if kl else None, text_by
     )
 
 

@@ -201,6 +201,7 @@ def make_suite(run: RunConfig) -> Suite:
         cross_check=e.cross_check,
         kl_top_k=e.kl_top_k,
         verbose=run.verbose,
+        text_by=e.text_by,
     )
 
 

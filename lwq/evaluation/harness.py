@@ -81,8 +81,11 @@ class Harness:
         self._loaded = self._load_tasks()
         self._samples = {t.name: self._sample(t) for t in self.tasks if _subsets_hub_docs(t)}
 
-    def evaluate(self, model, tokenizer, *, desc: str = "eval") -> dict[str, dict[str, float]]:
-        """{task: {metric: value, metric + "_stderr": value}} for `model` on every task.
+    def evaluate(
+        self, model, tokenizer, *, desc: str = "eval", skip: set[str] | frozenset = frozenset()
+    ) -> dict[str, dict[str, float]]:
+        """{task: {metric: value, metric + "_stderr": value}} for `model` on every task but
+        those named in `skip`.
 
         A stderr is present only where lm-eval computes one (not for the weighted
         perplexities). Puts `model` in eval mode; the first call with a model also calls
@@ -94,7 +97,8 @@ class Harness:
         from lm_eval.evaluator import evaluate
 
         scores: dict[str, dict[str, float]] = {}
-        bar = tqdm(self.tasks, desc=desc, unit="task", leave=False)
+        wanted = [task for task in self.tasks if task.name not in skip]
+        bar = tqdm(wanted, desc=desc, unit="task", leave=False)
         for task in bar:
             bar.set_postfix_str(task.name)
             samples = {task.name: self._samples[task.name]} if task.name in self._samples else None

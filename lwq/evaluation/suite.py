@@ -89,6 +89,10 @@ class EvalSpec:
 
 
 CROSS_CHECKS = ("reference", "all", "none")
+# Who scores the held-out text on quantized points: lm-eval's rolling log-likelihood, or
+# lwq's own pass (the one KL needs anyway), which agrees with lm-eval to ~1e-7 and is
+# cross-checked against it on the unquantized model; then each point runs the text once.
+TEXT_ENGINES = ("lm-eval", "lwq")
 
 
 class Suite:
@@ -112,7 +116,11 @@ class Suite:
         cross_check: str = "reference",
         kl_top_k: int | None = None,
         verbose: bool = False,
+        text_by: str = "lm-eval",
     ) -> None:
+        if text_by not in TEXT_ENGINES:
+            raise LwqError(f"eval.text_by={text_by}; use one of {', '.join(TEXT_ENGINES)}")
+        self.text_by = text_by
         if cross_check not in CROSS_CHECKS:
             raise LwqError(f"eval.cross_check={cross_check}; use one of {', '.join(CROSS_CHECKS)}")
         self.spec = spec
@@ -184,14 +192,16 @@ class Suite:
         The held-out text's task also gets `token_perplexity`: lm-eval's own log-likelihood
         per token (its word perplexity renormalised by the tokens of the same texts).
         """
-        tasks = self.harness.evaluate(model, tokenizer, desc=f"eval {self.spec.name}")
-        if self.task_name:
+        by_lwq = self.text_by == "lwq" and self.task_name is not None and not reference_point
+        skip = {self.task_name} if by_lwq else set()
+        tasks = self.harness.evaluate(model, tokenizer, desc=f"eval {self.spec.name}", skip=skip)
+        if self.task_name and not by_lwq:
             tasks[self.task_name]["token_perplexity"] = self._token_perplexity(
                 tasks[self.task_name], tokenizer
             )
         wanted = self.cross_check == "all" or (self.cross_check == "reference" and reference_point)
         check = kl = None
-        if self.kl_top_k is not None or wanted:
+        if self.kl_top_k is not None or wanted or by_lwq:
             if self.kl_top_k is not None and self.reference is None:
                 raise LwqError("the KL reference is not prepared; call prepare_reference first")
             meter = KLMeter(self.reference) if self.kl_top_k is not None else None
@@ -203,11 +213,21 @@ class Suite:
                 batch_size=self.batch_size,
                 each=meter,
             )
-            check = self._cross_check(ppl, tasks[self.task_name])
+            if by_lwq:
+                tasks[self.task_name] = {k: v for k, v in ppl.as_dict().items() if k != "tokens"}
+            else:
+                check = self._cross_check(ppl, tasks[self.task_name])
             kl = meter.stats() if meter else None
         leaves = dict(tasks)
         tasks |= self._groups(leaves)
-        return {"tasks": tasks, "average": average(leaves), "kl": kl, "cross_check": check}
+        text_by = ("lwq" if by_lwq else "lm-eval") if self.task_name else None
+        return {
+            "tasks": tasks,
+            "average": average(leaves),
+            "kl": kl,
+            "cross_check": check,
+            "text_by": text_by,
+        }
 
     def _groups(self, leaves: dict[str, dict]) -> dict[str, dict]:
         """Each requested group's numbers, aggregated over its tasks as lm-eval does
