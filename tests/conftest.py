@@ -56,11 +56,15 @@ def data_dir() -> Path:
     """../shared/data (or LWQ_DATA); missing data fails loudly under CI, skips elsewhere."""
     path = Path(os.environ.get("LWQ_DATA", ROOT.parent / "shared" / "data"))
     if not path.is_dir():
-        message = f"benchmark data not found at {path}; set LWQ_DATA to the shared data dir"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"benchmark data not found at {path}; set LWQ_DATA to the shared data dir")
     return path
+
+
+def missing(message: str) -> None:
+    """What a test does without a file it needs: fail loudly under CI, skip elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from lwq.modeling.packaged import PACKAGED, gguf_path
 from lwq.quant import make_backend
 from lwq.quant.rtn import quantize_rows
 from lwq.results.store import RecordStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, missing
 
 MODEL = PACKAGED["smollm2-135m"]
 CHECKPOINT = ROOT / MODEL.out
@@ -41,10 +41,7 @@ GGUF_NAMES = {
 def checkpoint() -> Path:
     """models/smollm2-135m; missing fails loudly under CI, skips elsewhere."""
     if not (CHECKPOINT / "model.safetensors").is_file() or not GGUF.is_file():
-        message = f"{CHECKPOINT} is missing; run `make smollm2`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"{CHECKPOINT} is missing; run `make smollm2`")
     return CHECKPOINT
 
 

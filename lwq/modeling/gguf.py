@@ -10,7 +10,6 @@ and tensor types), so every record made from it can say where its weights came f
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lwq.errors import LwqError
+from lwq.provenance import file_sha256
 
 SOURCE_FILE = "gguf_source.json"  # written next to the converted weights
 
@@ -31,19 +31,11 @@ def tensor_types(gguf_path: Path) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def describe(gguf_path: Path, *, with_sha256: bool = True) -> dict:
     """What a record says of GGUF source weights: the file, its tensor types and (unless
     the caller hashes weight files already) its sha256."""
     gguf_path = Path(gguf_path)
-    digest = {"sha256": sha256(gguf_path)} if with_sha256 else {}
+    digest = {"sha256": file_sha256(gguf_path)} if with_sha256 else {}
     return {"format": "gguf", "file": gguf_path.name, **digest} | {
         "tensor_types": tensor_types(gguf_path)
     }
