@@ -97,16 +97,19 @@ class KLMeter:
         if self.offset + n > self.reference.tokens:
             raise ValueError("more held-out tokens than the KL reference holds; recompute it")
         self.offset += n
-        q = logprobs.double().cpu()  # (T, V)
-        indices = self.reference.indices[ref].long()
+        indices = self.reference.indices[ref].to(logprobs.device).long()
+        # Only the k reference entries are widened to float64: the (T, V) rows never are
+        # (converting them cost more than the rest of the KL on a 49 k vocabulary).
+        q_top = logprobs.gather(-1, indices).double().cpu()  # (T, k)
         p_top = self.reference.logprobs[ref].double()  # (T, k)
-        q_top = q.gather(-1, indices)
         kl = (p_top.exp() * (p_top - q_top)).sum(dim=-1)
         p_rest = self.reference.rest[ref].double()
         q_rest = (1.0 - q_top.exp().sum(dim=-1)).clamp(min=TINY)
         tail = torch.where(p_rest > 0, p_rest * (p_rest.clamp(min=TINY).log() - q_rest.log()), 0)
         self._kl.append((kl + tail).float())
-        self._same_top1.append(q.argmax(dim=-1) == indices[:, 0])
+        # top-1 unchanged: the reference's top token is a maximum of q (amax is vectorised;
+        # argmax over a 49 k vocabulary is ~9x slower on a CPU)
+        self._same_top1.append(q_top[:, 0] >= logprobs.amax(dim=-1).double().cpu())
 
     def stats(self) -> dict:
         """{"mean", "p99", "top1_agreement", "tokens", "top_k"} over every token seen."""
