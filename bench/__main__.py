@@ -9,8 +9,11 @@ requests and tokens prepared once), and scans the batch size; `backends` times
 quantizing every block with each backend and width, and the forward speed after it
 (bench/backends.py); `pipeline` runs six points in process and as the hand-written
 pipeline (a fresh process per point: load, quantize, save, `lm_eval` command line;
-bench/pipeline.py). A section run alone
-replaces only its own entry in the results file.
+bench/pipeline.py); `roofline` sets a point's evaluation FLOP rate against torch matmul on
+the model's own shapes (bench/roofline.py); `stages` times each stage of a sweep on copies
+of the model with 8, 16 and 32 blocks, and `memory` a sweep's peak RSS against the model's
+size (bench/stages.py). A section run alone replaces only its own entry in the results
+file (the per-model sections: only the benchmarked model's).
 
 Speed is shown here, never by timed assertions in tests. Run it alone on the machine:
 torch threads of two busy processes slow each other down by several times.
@@ -31,12 +34,29 @@ import torch
 from bench.backends import bench_backends
 from bench.evaluation import bench_eval_modes, bench_kl_bound
 from bench.pipeline import bench_pipeline
+from bench.roofline import bench_roofline
+from bench.stages import bench_memory, bench_stages
 from lwq.commands.context import load, make_suite
 from lwq.commands.sweep import run_sweep
 from lwq.config import compose_run
 from lwq.runtime import PROJECT_ROOT
 
-SECTIONS = ("default_sweep", "quick_suite", "backends", "evaluation", "pipeline")
+SECTIONS = (
+    "default_sweep",
+    "quick_suite",
+    "backends",
+    "evaluation",
+    "pipeline",
+    "roofline",
+    "stages",
+    "memory",
+)
+PER_MODEL = {
+    "pipeline": bench_pipeline,
+    "roofline": bench_roofline,
+    "stages": bench_stages,
+    "memory": bench_memory,
+}
 
 
 def bench_default_sweep(overrides: list[str]) -> dict:
@@ -178,10 +198,11 @@ def main(argv: list[str] | None = None) -> None:
             "modes": bench_eval_modes(args.overrides),
             "kl_bound": bench_kl_bound(args.overrides),
         }
-    if args.section in ("pipeline", "all"):
-        measured = bench_pipeline(args.overrides)  # kept per model: ref-tiny and smollm2-135m
-        pipeline = result.get("pipeline") if isinstance(result.get("pipeline"), dict) else {}
-        result["pipeline"] = pipeline | {measured["model"]: measured}
+    for section, bench in PER_MODEL.items():  # kept per model: ref-tiny and smollm2-135m
+        if args.section in (section, "all"):
+            measured = bench(args.overrides)
+            kept = result.get(section) if isinstance(result.get(section), dict) else {}
+            result[section] = kept | {measured["model"]: measured}
     if args.section in ("backends", "all"):
         result["backends"] = bench_backends(compose_run(*["tracking=none", *args.overrides]))
     args.out.parent.mkdir(parents=True, exist_ok=True)

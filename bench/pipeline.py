@@ -117,7 +117,17 @@ def bare_forward_seconds(run) -> float:
     """Seconds of the forward passes alone over one evaluation's token windows, batched as
     the evaluation batches them, on the model as loaded: the floor of an evaluation."""
     model, tokenizer, _, device = load(run)
-    suite = make_suite(run)
+    batches = eval_batches(run, model, tokenizer, make_suite(run), device)
+    model(input_ids=batches[0][0], attention_mask=batches[0][1])  # warm-up
+    started = time.time()
+    for ids, mask in batches:
+        model(input_ids=ids, attention_mask=mask)
+    return time.time() - started
+
+
+def eval_batches(run, model, tokenizer, suite, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(input ids, attention mask) batches of the suite's held-out windows, padded on the
+    right, `eval.batch_size` windows each: what one evaluation feeds the model."""
     windows = token_windows(tokenizer, suite.texts, run.eval.spec.max_length)
     size = run.eval.batch_size
     batches = []
@@ -130,8 +140,4 @@ def bare_forward_seconds(run) -> float:
             ids[row, : len(x)] = torch.tensor(x)
             mask[row, : len(x)] = 1
         batches.append((ids.to(device), mask.to(device)))
-    model(input_ids=batches[0][0], attention_mask=batches[0][1])  # warm-up
-    started = time.time()
-    for ids, mask in batches:
-        model(input_ids=ids, attention_mask=mask)
-    return time.time() - started
+    return batches

@@ -1,0 +1,167 @@
+"""Where a sweep's time goes and how each stage grows with depth (`make bench`, section
+`stages`), and its peak memory against the model's own size (section `memory`).
+
+Stages of one sweep, timed around lwq's own steps (the recipe of lwq.commands.sweep):
+loading (checkpoint, calibration, suite), scores (the ordering's metric), quantization
+(every point's `quantize_seconds`: installing its plan, GPTQ blocks built on first use),
+evaluation (every point's `seconds`) and bookkeeping (the rest of the point loop: claims,
+record writing, restoring blocks). Depth: copies of the model with 8, 16 and 32 blocks of
+the same width, the real blocks repeated in order, so activations stay realistic.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lwq.commands.context import load, open_context
+from lwq.commands.evaluate import evaluate_points
+from lwq.commands.stopping import StopSignals
+from lwq.commands.sweep import plan_points
+from lwq.config import compose_run
+from lwq.runtime import PROJECT_ROOT
+
+DEPTHS = (8, 16, 32)
+BACKENDS = ("rtn", "gptq")
+POINTS = "[0,0.5,1]"  # the all-high, the half and the all-low plan: every block quantized
+
+
+def sweep_stages(overrides: list[str]) -> dict:
+    """Seconds of each stage of one sweep in a fresh results dir (no caches)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        run = compose_run(f"paths.results={scratch}", "tracking=none", *overrides)
+        started = time.perf_counter()
+        ctx = open_context(run, evaluate=True)
+        loaded = time.perf_counter()
+        points = plan_points(run, ctx)
+        scored = time.perf_counter()
+        with StopSignals() as stop:
+            written, failed = evaluate_points(
+                ctx, points, stop, high=run.sweep.high, low=run.sweep.low
+            )
+        ended = time.perf_counter()
+    if failed:
+        raise SystemExit(f"stages bench: {len(failed)} points failed: {failed[0].get('error')}")
+    quantize = sum(r.get("quantize_seconds", 0.0) for r in written)
+    evaluate = sum(r["seconds"] for r in written)
+    return {
+        "blocks": len(ctx.blocks),
+        "points": len(written),
+        "load": round(loaded - started, 2),
+        "scores": round(scored - loaded, 2),
+        "quantize": round(quantize, 2),
+        "evaluate": round(evaluate, 2),
+        "bookkeeping": round(ended - scored - quantize - evaluate, 2),
+        "total": round(ended - started, 2),
+    }
+
+
+def deepened_copy(model_overrides: list[str], blocks: int, out: Path) -> Path:
+    """A checkpoint of the run's model with `blocks` blocks: its own, repeated in order."""
+    run = compose_run("tracking=none", *model_overrides)
+    model, tokenizer, own, _ = load(run)
+    layers = [copy.deepcopy(own[i % len(own)]) for i in range(blocks)]
+    for index, layer in enumerate(layers):
+        if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
+            layer.self_attn.layer_idx = index  # the KV cache is indexed by it
+    own_parent = model.model if hasattr(model, "model") else model
+    own_parent.layers = torch.nn.ModuleList(layers)
+    model.config.num_hidden_layers = blocks
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[0]] * blocks
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def bench_stages(overrides: list[str], depths=DEPTHS, backends=BACKENDS) -> dict:
+    """Stage seconds per backend and depth; which stage is slowest at the deepest."""
+    by_depth: dict[str, dict] = {}
+    for backend in backends:  # first use compiles kernels (gptqmodel): not a stage's cost
+        sweep_stages([*overrides, f"quant={backend}", "sweep.fractions=[1]", "eval.limit=1"])
+    with tempfile.TemporaryDirectory() as scratch:
+        for blocks in depths:
+            path = deepened_copy(overrides, blocks, Path(scratch) / f"d{blocks}")
+            model = [f"model.path={path}", f"model.blocks={blocks}"]
+            by_depth[str(blocks)] = {
+                backend: sweep_stages(
+                    [*overrides, *model, f"quant={backend}", f"sweep.fractions={POINTS}"]
+                )
+                for backend in backends
+            }
+    deepest = by_depth[str(max(depths))]
+    stages = ("load", "scores", "quantize", "evaluate", "bookkeeping")
+    return {
+        "what": "seconds of each stage of a 3-point sweep (k = 0, L/2, L, plus the reference) "
+        f"on copies of the model with {', '.join(map(str, depths))} blocks (after a warm-up)",
+        "command": "python -m bench --section stages " + " ".join(overrides),
+        "model": compose_run("tracking=none", *overrides).model.name,
+        "by_blocks": by_depth,
+        "slowest_at_deepest": {b: max(stages, key=lambda s: deepest[b][s]) for b in backends},
+    }
+
+
+CHILD = """
+import json, resource, sys
+from lwq.config import compose_run
+args = json.loads(sys.argv[1])
+run = compose_run(*args["overrides"])
+out = {}
+if args["what"] == "load":
+    from lwq.commands.context import load
+    model, _, blocks, _ = load(run)
+    unique = {t.data_ptr(): t for t in model.state_dict().values()}  # tied weights once
+    out["weights_bytes"] = sum(t.numel() * t.element_size() for t in unique.values())
+    out["blocks_bytes"] = sum(p.numel() * p.element_size() for p in blocks.parameters())
+else:
+    from lwq.commands.sweep import run_sweep
+    out["points"] = len(run_sweep(run))
+out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(out))
+"""
+
+
+def _child(what: str, overrides: list[str]) -> dict:
+    """What a fresh interpreter reports after loading the model, or after a whole sweep."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps({"what": what, "overrides": overrides})],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(overrides: list[str]) -> dict:
+    """Peak RSS of a whole sweep (fresh process) against the model's weights plus the
+    originals lwq keeps of quantized blocks, and against a process that only loads it."""
+    with tempfile.TemporaryDirectory() as scratch:
+        common = [f"paths.results={scratch}", "tracking=none", *overrides]
+        loaded = _child("load", common)
+        swept = _child("sweep", [*common, f"sweep.fractions={POINTS}"])
+    own = loaded["weights_bytes"] + loaded["blocks_bytes"]
+    return {
+        "what": "peak RSS of a 3-point sweep (k = 0, L/2, L) in a fresh process, against the "
+        "model's weights plus kept originals of every block (all quantized at k = L), and "
+        "against a fresh process that only loads the model",
+        "command": "python -m bench --section memory " + " ".join(overrides),
+        "model": compose_run(*common).model.name,
+        "weights_mb": _mb(loaded["weights_bytes"]),
+        "kept_originals_mb": _mb(loaded["blocks_bytes"]),
+        "load_only_peak_rss_mb": _mb(loaded["peak_rss_bytes"]),
+        "sweep_peak_rss_mb": _mb(swept["peak_rss_bytes"]),
+        "sweep_over_weights_and_originals": round(swept["peak_rss_bytes"] / own, 2),
+        "sweep_minus_load_only_mb": _mb(swept["peak_rss_bytes"] - loaded["peak_rss_bytes"]),
+    }
+
+
+def _mb(n: float) -> float:
+    return round(n / 2**20, 1)
