@@ -78,7 +78,7 @@ def _xy(line):
 
 def test_every_figure_is_a_png_and_a_pdf_and_gets_one_line(built):
     outcomes, lines, out = built
-    assert sorted(outcomes) == sorted([*DRAWN, "removal_8bits"])
+    assert sorted(outcomes) == sorted([*DRAWN, "removal_8bits", "34bits"])
     for family in DRAWN:
         assert outcomes[family].missing is None, outcomes[family].missing
         png, pdf = out / f"{family}_{MODEL}.png", out / f"{family}_{MODEL}.pdf"
@@ -246,10 +246,11 @@ def test_the_eval_option_picks_an_older_suite_and_bad_files_are_reported(records
 
 
 def test_cli_writes_the_selected_figures_and_fails_without_records(results, tmp_path, capsys):
-    assert main(["--results", str(results), "--out", str(tmp_path), "--only", "intersec"]) == 0
+    only = ["--only", "intersec", "--committed", ""]  # committed records: test_committed_records
+    assert main(["--results", str(results), "--out", str(tmp_path), *only]) == 0
     assert (tmp_path / f"intersec_{MODEL}.pdf").exists()
     assert "1 of 1 figures written" in capsys.readouterr().out
-    assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path)]) == 1
+    assert main(["--results", str(tmp_path / "empty"), "--out", str(tmp_path), *only]) == 1
     assert "no records under" in capsys.readouterr().out
     assert set(load_results(results)) == {MODEL}
 

@@ -23,6 +23,8 @@ from lwq.figures.style import FORMATS, Drawn, save
 from lwq.figures.sweeps import bits_figure, removal_figure, size_figure
 from lwq.runtime import PROJECT_ROOT, resolve_path
 
+COMMITTED = PROJECT_ROOT / "experiments" / "records"  # records of the README's figures
+
 
 @dataclass(frozen=True)
 class Family:
@@ -35,6 +37,7 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "24bits": Family(lambda mr, perf, order: bits_figure(mr, perf, high=4, low=2)),
     "4bit_plot": Family(lambda mr, perf, order: bits_figure(mr, perf, high=8, low=4)),
+    "34bits": Family(lambda mr, perf, order: bits_figure(mr, perf, high=4, low=3)),
     "removal_8bits": Family(lambda mr, p, order: removal_figure(mr, p, high=8, low=4, order=order)),
     "removal_4bits": Family(lambda mr, p, order: removal_figure(mr, p, high=4, low=2, order=order)),
     "intersec": Family(lambda mr, perf, order: intersec_figure(mr), needs_perf=False),
@@ -91,11 +94,19 @@ def build_figures(
     order: str = "ldi",
     eval_name: str | None = None,
     formats=FORMATS,
+    committed: Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[Outcome]:
     """Draw and save every selected figure of every selected model; `echo` one line per
-    model (records used) and per figure (its `Outcome.line()`). Reads records only."""
+    model (records used) and per figure (its `Outcome.line()`). Reads records only.
+    A model without records under `results_dir` is drawn from `committed` (the records
+    committed under experiments/records/), so a fresh clone draws the measured figures."""
     results = load_results(results_dir)
+    if committed is not None and Path(committed).is_dir():
+        for model, records in load_results(Path(committed)).items():
+            if not results.get(model):
+                results[model] = records
+                echo(f"{model}: drawn from the committed records in {committed}")
     outcomes = []
     for model in models or sorted(results):
         if isinstance(results.get(model), LwqError):
@@ -138,6 +149,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--order", default="ldi", help="ordering of removal and size figures")
     parser.add_argument("--eval", help="records of this eval suite (default: the newest's)")
     parser.add_argument("--formats", default=",".join(FORMATS), help="comma-separated")
+    parser.add_argument(
+        "--committed",
+        default=str(COMMITTED),
+        help="records for models with none under --results (%(default)s); '' = none",
+    )
     return parser.parse_args(argv)
 
 
@@ -155,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         order=args.order,
         eval_name=args.eval,
         formats=tuple(args.formats.split(",")),
+        committed=Path(args.committed) if args.committed else None,
     )
     if not outcomes:
         print(f"no records under {results_dir}: run `python run.py` first")

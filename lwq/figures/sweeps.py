@@ -50,10 +50,32 @@ def run_hint(model: str, metric: str, high: int, low: int | None, *extra: str) -
     return "`" + " ".join(words) + "`"
 
 
-def quant_label(quant: dict) -> str:
-    """`rtn(group_size=128)`: the backend and its settings, for telling curves apart."""
-    settings = ", ".join(f"{k}={v}" for k, v in sorted(quant.items()) if k != "name")
-    return f"{quant.get('name', '?')}({settings})"
+def legend_beside_if_crowded(ax: Axes, most_inside: int = 8) -> None:
+    """The legend inside the axes, or to their right when it would hide the curves."""
+    entries = len(ax.get_legend_handles_labels()[0])
+    if entries <= most_inside:
+        ax.legend(fontsize=7)
+    else:
+        width, height = ax.figure.get_size_inches()
+        ax.figure.set_size_inches(width * 1.6, height)  # the axes keep their width
+        ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
+OTHER_BACKEND = {"linestyle": ":", "marker": "x", "markersize": 4}  # besides the main one
+
+
+def quant_labels(quants: list[dict]) -> dict[str, str]:
+    """{canonical JSON of a quant: short legend label}: the backend's name (`GPTQ`), plus
+    only the settings that differ between curves of the same backend (`GPTQ damp_percent=0.1`)."""
+    labels = {}
+    for quant in quants:
+        same = [q for q in quants if q.get("name") == quant.get("name")]
+        keys = sorted({k for q in same for k in q if k != "name"})
+        differ = [k for k in keys if len({json.dumps(q.get(k), sort_keys=True) for q in same}) > 1]
+        shown = " ".join(f"{k}={quant.get(k)}" for k in differ)
+        name = str(quant.get("name", "?")).upper()
+        labels[json.dumps(quant, sort_keys=True)] = f"{name} {shown}".strip()
+    return labels
 
 
 def draw_curve(ax: Axes, curve: Curve, label: str | None = None, **overrides) -> None:
@@ -150,10 +172,13 @@ def bits_figure(mr: ModelRecords, perf: Perf, *, high: int, low: int) -> Drawn:
         hint = run_hint(mr.model, "ldi", high, low)
         raise MissingRecords(f"no {high}->{low}-bit records (kind=quantized) with {perf} ({hint})")
     fig, ax = new_figure()
-    several_backends = len({json.dumps(c.quant, sort_keys=True) for c in curves}) > 1
-    for c in curves:
-        suffix = f" [{quant_label(c.quant)}]" if several_backends else ""
-        draw_curve(ax, c, label=metric_label(c.metric, c.reverse) + suffix)
+    labels = quant_labels([c.quant for c in curves])
+    keys = [json.dumps(c.quant, sort_keys=True) for c in curves]
+    main = max(set(keys), key=keys.count)  # the backend with most curves: solid lines
+    for c, key in zip(curves, keys, strict=True):
+        suffix = f" [{labels[key]}]" if len(labels) > 1 else ""
+        other = {} if key == main else OTHER_BACKEND
+        draw_curve(ax, c, label=metric_label(c.metric, c.reverse) + suffix, **other)
     notes += draw_references(ax, mr, perf, curves, high)
     notes += _ordering_notes(curves, mr.model, high, low)
     n_blocks = curves[0].n_blocks
@@ -161,7 +186,7 @@ def bits_figure(mr: ModelRecords, perf: Perf, *, high: int, low: int) -> Drawn:
     _bits_axis(ax, n_blocks, high, low)
     perf_axis(ax, perf)
     ax.set_title(f"{mr.model}: {high}-bit → {low}-bit")
-    ax.legend(fontsize=7)
+    legend_beside_if_crowded(ax)
     return Drawn(fig, notes)
 
 
