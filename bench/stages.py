@@ -81,8 +81,11 @@ def deepened_copy(model_overrides: list[str], blocks: int, out: Path) -> Path:
     return out
 
 
-def bench_stages(overrides: list[str], depths=DEPTHS, backends=BACKENDS) -> dict:
-    """Stage seconds per backend and depth; which stage is slowest at the deepest."""
+def bench_stages(overrides: list[str], depths=DEPTHS) -> dict:
+    """Stage seconds per backend and depth; which stage is slowest at the deepest.
+    Backends: rtn and gptq, or the one a `quant=` override names."""
+    backends = [o.partition("=")[2] for o in overrides if o.startswith("quant=")] or BACKENDS
+    overrides = [o for o in overrides if not o.startswith("quant=")]
     by_depth: dict[str, dict] = {}
     for backend in backends:  # first use compiles kernels (gptqmodel): not a stage's cost
         sweep_stages([*overrides, f"quant={backend}", "sweep.fractions=[1]", "eval.limit=1"])

@@ -80,4 +80,4 @@ def test_memory_counts_tied_weights_once_and_reads_fresh_processes(tmp_path):
     assert own - rounding <= result["weights_mb"] * 2**20 <= own + buffers + rounding
     kept = sum(p.numel() * p.element_size() for p in blocks.parameters())
     assert result["kept_originals_mb"] == round(kept / 2**20, 1)
-    assert result["sweep_peak_rss_mb"] > result["load_only_peak_rss_mb"] > result["weights_mb"]
+    assert result["sweep_peak_rss_mb"] >= result["load_only_peak_rss_mb"] > result["weights_mb"]
