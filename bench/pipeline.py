@@ -117,12 +117,26 @@ def bare_forward_seconds(run) -> float:
     """Seconds of the forward passes alone over one evaluation's token windows, batched as
     the evaluation batches them, on the model as loaded: the floor of an evaluation."""
     model, tokenizer, _, device = load(run)
-    batches = eval_batches(run, model, tokenizer, make_suite(run), device)
-    model(input_ids=batches[0][0], attention_mask=batches[0][1])  # warm-up
-    started = time.time()
+    return timed_forwards(model, eval_batches(run, model, tokenizer, make_suite(run), device))
+
+
+@torch.no_grad()
+def timed_forwards(model, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Seconds of one forward pass over every batch, after one warm-up pass."""
+    model(input_ids=batches[0][0], attention_mask=batches[0][1])
+    device = batches[0][0].device
+    sync_device(device)
+    started = time.perf_counter()
     for ids, mask in batches:
         model(input_ids=ids, attention_mask=mask)
-    return time.time() - started
+    sync_device(device)
+    return time.perf_counter() - started
+
+
+def sync_device(device) -> None:
+    """Wait for queued CUDA work, so a timer reads finished work (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def eval_batches(run, model, tokenizer, suite, device) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -16,7 +16,7 @@ from collections import Counter
 
 import torch
 
-from bench.pipeline import eval_batches
+from bench.pipeline import eval_batches, sync_device, timed_forwards
 from lwq.commands.context import load, make_suite
 from lwq.config import compose_run
 
@@ -56,16 +56,11 @@ def matmul_limit(model: torch.nn.Module, rows: int, device, dtype) -> dict:
 
 
 def _timed_matmul(x, w, device) -> float:
-    _sync(device)
+    sync_device(device)
     started = time.perf_counter()
     x @ w
-    _sync(device)
+    sync_device(device)
     return time.perf_counter() - started
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 @torch.no_grad()
@@ -75,12 +70,7 @@ def bench_roofline(overrides: list[str]) -> dict:
     model, tokenizer, _, device = load(run)
     batches = eval_batches(run, model, tokenizer, make_suite(run), device)
     tokens = sum(int(mask.sum()) for _, mask in batches)
-    model(input_ids=batches[0][0], attention_mask=batches[0][1])  # warm-up
-    started = time.perf_counter()
-    for ids, mask in batches:
-        model(input_ids=ids, attention_mask=mask)
-    _sync(device)
-    forward_seconds = time.perf_counter() - started
+    forward_seconds = timed_forwards(model, batches)
     window = run.eval.spec.max_length
     flops = forward_flops_per_token(model, window)
     reached = tokens * flops["total"] / forward_seconds

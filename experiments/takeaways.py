@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lwq.figures.cli import COMMITTED
-from lwq.figures.select import Curve, ModelRecords, Perf, load_results, parse_perf, sweep_curves
+from lwq.figures.select import (
+    Curve,
+    ModelRecords,
+    Perf,
+    fill_from_committed,
+    load_results,
+    parse_perf,
+    sweep_curves,
+)
 
 RISES = (0.05, 0.10)
 ORDERINGS = (("ldi", False, "LIM"), ("zd", False, "ZD"), ("random", False, "random (mean)"))
@@ -160,9 +168,7 @@ def text_perf(records: list[dict], metric: str | None) -> Perf:
 
 def takeaways_table(results_dir: Path, models: list[str], metric: str | None) -> str:
     results = load_results(results_dir)
-    for model, records in load_results(COMMITTED).items():
-        if not results.get(model):
-            results[model] = records
+    fill_from_committed(results, COMMITTED)
     columns, perf_names = {}, set()
     for model in models:
         records = results.get(model)

@@ -18,7 +18,13 @@ from matplotlib.figure import Figure
 
 from lwq.errors import LwqError
 from lwq.figures.blocks import blocks_figure, intersec_figure, scores_figure
-from lwq.figures.select import ModelRecords, Perf, load_results, parse_perf
+from lwq.figures.select import (
+    ModelRecords,
+    Perf,
+    fill_from_committed,
+    load_results,
+    parse_perf,
+)
 from lwq.figures.style import FORMATS, Drawn, save
 from lwq.figures.sweeps import bits_figure, removal_figure, size_figure
 from lwq.runtime import PROJECT_ROOT, resolve_path
@@ -102,11 +108,8 @@ def build_figures(
     A model without records under `results_dir` is drawn from `committed` (the records
     committed under experiments/records/), so a fresh clone draws the measured figures."""
     results = load_results(results_dir)
-    if committed is not None and Path(committed).is_dir():
-        for model, records in load_results(Path(committed)).items():
-            if not results.get(model):
-                results[model] = records
-                echo(f"{model}: drawn from the committed records in {committed}")
+    for model in fill_from_committed(results, committed):
+        echo(f"{model}: drawn from the committed records in {committed}")
     outcomes = []
     for model in models or sorted(results):
         if isinstance(results.get(model), LwqError):

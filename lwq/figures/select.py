@@ -51,6 +51,19 @@ def load_results(results_dir: Path) -> dict[str, list[dict] | LwqError]:
     return results
 
 
+def fill_from_committed(results: dict, committed: Path | None) -> list[str]:
+    """Give each model without records in `results` the records committed under
+    `committed` (experiments/records/, the README's figures); the models so filled."""
+    if committed is None or not Path(committed).is_dir():
+        return []
+    filled = []
+    for model, records in load_results(Path(committed)).items():
+        if not results.get(model):
+            results[model] = records
+            filled.append(model)
+    return filled
+
+
 def setting_of(record: dict) -> str:
     """The model identity and eval spec of a record, as a canonical JSON string."""
     config = record.get("config", {})
