@@ -84,7 +84,7 @@ def bench_roofline(overrides: list[str]) -> dict:
         "dtype": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "tokens": tokens,
-        "forward_seconds": round(forward_seconds, 2),
+        "forward_seconds": round(forward_seconds, 4),  # short runs: 2 decimals lose %
         "tokens_per_s": round(tokens / forward_seconds, 1),
         "flops_per_token": flops,
         "reached_gflops_per_s": _g(reached),
