@@ -58,6 +58,18 @@ def test_ldi_is_finite_deterministic_and_lim_is_the_same():
     assert METRICS.get("lim").canonical == "ldi"
 
 
+def test_ldi_runs_the_decoder_stack_only_and_equals_the_full_forward_by_hand():
+    model = _tiny_llama()
+    ids = _calibration()
+    heads = []
+    handle = model.lm_head.register_forward_hook(lambda *_: heads.append(1))
+    scores = METRICS.get("ldi").compute(model, model.model.layers, ids)
+    handle.remove()
+    assert heads == []  # the hooks need no logits: the LM head is never run
+    by_hand = [_delta_by_hand(model, i, ids).mean().item() for i in range(6)]
+    assert scores.values == pytest.approx(by_hand, rel=1e-5)
+
+
 def _delta_by_hand(model, block_index: int, ids: torch.Tensor) -> torch.Tensor:
     """(B, S) 1 - cos(h_in, h_out) of one block, from the model's own hidden states."""
     seen = {}
