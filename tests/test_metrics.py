@@ -1,5 +1,7 @@
 """Importance metrics: contracts from the paper notes, on small models built here."""
 
+import math
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -7,10 +9,14 @@ from torch.nn import functional as F
 from lwq.errors import LwqError
 from lwq.metrics import METRICS, Scores, ranking
 from lwq.metrics.ldi import _BlockDeltas
+from lwq.metrics.sensitivity import _kl_and_nll, _logprobs
 from lwq.metrics.zd import outlier_share
+from lwq.modeling.blocks import find_blocks
+from lwq.plan import Plan
 from lwq.quant import make_backend
+from lwq.quant.install import PlanApplier
 from lwq.quant.variants import LinearVariants
-from tests.shrunk import shrunk_model
+from tests.shrunk import FAMILIES, shrunk_model
 
 
 def _tiny_llama(blocks=6, seed=0):
@@ -168,3 +174,30 @@ def test_sensitivity_is_kl_per_block_falling_with_bits_and_leaves_the_model_inta
         METRICS.get("sensitivity").compute(
             model, blocks, _calibration(), variants=variants, bits=2, table_bits=[16]
         )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sensitivity_runs_from_the_quantized_block_on_and_equals_full_forwards(family):
+    model = shrunk_model(family, blocks=3)
+    blocks = find_blocks(model)
+    calibration = _calibration(n=5, seq=12)  # two batches of 4: the last one short
+    variants = LinearVariants(make_backend("rtn", group_size=32))
+    runs = []
+    handle = blocks[0].register_forward_pre_hook(lambda *_: runs.append(1))
+    scores = METRICS.get("sensitivity").compute(
+        model, blocks, calibration, variants=variants, bits=2, table_bits=[4], batch_size=4
+    )
+    handle.remove()
+    # block 0 (2 batches each time) runs for the reference, the capture, its own two widths
+    # (variants are copies, hook included) and the step past it: 5 x 2, where a full
+    # forward per (block, width) would run it 7 x 2 times
+    assert len(runs) == 10
+    reference = _logprobs(model, calibration, 4)
+    applier = PlanApplier(blocks, variants)
+    for i in range(3):
+        for b in (2, 4):
+            applier.apply(Plan(tuple(b if j == i else 16 for j in range(3))))
+            kl, nll = _kl_and_nll(reference, _logprobs(model, calibration, 4), calibration)
+            assert scores.details[f"kl@{b}"][i] == pytest.approx(kl, rel=1e-5, abs=1e-9)
+            assert scores.details[f"ppl@{b}"][i] == pytest.approx(math.exp(nll), rel=1e-6)
+    applier.restore()

@@ -3,8 +3,11 @@
 For each block alone, quantize it (the run's backend, `bits`) and measure the mean
 KL divergence KL(p_full || p_quantized) of the next-token distribution over the
 calibration tokens, plus the perplexity ratio. Costs one forward pass over the
-calibration set per (block, bit-width); the full-precision log-probabilities are computed
-once and kept on the host. The blocks come from the run's own variant source, so a
+calibration set per (block, bit-width), from the quantized block on: the blocks before it
+are full precision, so the hidden states entering it are recorded once (advanced block by
+block) and handed on (lwq.modeling.capture.starting_at), which halves the blocks run on
+average with the same numbers. The full-precision log-probabilities are computed once and
+kept on the host. The blocks come from the run's own variant source, so a
 calibrated backend (GPTQ) builds each (block, bits) once for the metric and the sweep.
 """
 
@@ -17,6 +20,7 @@ from torch.nn import functional as F
 
 from lwq.errors import LwqError
 from lwq.metrics.base import METRICS, Metric, Scores
+from lwq.modeling.capture import BlockInputs, starting_at
 from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION
 from lwq.quant.install import PlanApplier
@@ -68,6 +72,7 @@ def sensitivity_scores(
     widths = sorted({bits, *(table_bits or [])})
     reference = _logprobs(model, calibration, batch_size)
     _, ref_nll = _kl_and_nll(reference, reference, calibration)
+    entering = BlockInputs.capture(model, blocks, calibration, batch_size)
     details: dict[str, list[float]] = {f"{kind}@{b}": [] for b in widths for kind in ("kl", "ppl")}
     applier = PlanApplier(blocks, variants)
     try:
@@ -76,11 +81,14 @@ def sensitivity_scores(
                 applier.apply(
                     Plan(tuple(b if j == i else FULL_PRECISION for j in range(len(blocks))))
                 )
-                kl, nll = _kl_and_nll(
-                    reference, _logprobs(model, calibration, batch_size), calibration
-                )
+                with starting_at(blocks, entering):
+                    quantized = _logprobs(model, calibration, batch_size)
+                kl, nll = _kl_and_nll(reference, quantized, calibration)
                 details[f"kl@{b}"].append(kl)
                 details[f"ppl@{b}"].append(math.exp(nll))
+            if i + 1 < len(blocks):
+                applier.restore()  # block i back as loaded, on the model's device
+                entering.advance(blocks[i])
     finally:
         applier.restore()
     details["ppl@16"] = [math.exp(ref_nll)] * len(blocks)

@@ -29,10 +29,17 @@ def _hidden(value) -> torch.Tensor:
 class BlockInputs:
     """Hidden states entering one block, batch by batch, and every block's kwargs."""
 
-    def __init__(self, hidden: list[torch.Tensor], kwargs: list[list[dict]], index: int = 0):
+    def __init__(
+        self,
+        hidden: list[torch.Tensor],
+        kwargs: list[list[dict]],
+        index: int = 0,
+        tuple_outputs: bool = False,
+    ):
         self.hidden = hidden  # one (B, S, D) tensor per calibration batch
         self.kwargs = kwargs  # kwargs[block][batch]
         self.index = index  # the block these hidden states enter
+        self.tuple_outputs = tuple_outputs  # the blocks return (hidden, ...), not a tensor
 
     @classmethod
     @torch.no_grad()
@@ -53,9 +60,16 @@ class BlockInputs:
 
             return hook
 
+        returned: list[bool] = []
         handles = [
             b.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
         ]
+        if last > 0:  # the last block never runs (its pre-hook stops the model)
+            handles.append(
+                blocks[0].register_forward_hook(
+                    lambda _m, _a, out: returned.append(isinstance(out, (tuple, list)))
+                )
+            )
         try:
             for start in range(0, len(calibration), batch_size):
                 with contextlib.suppress(_Stop):
@@ -66,10 +80,10 @@ class BlockInputs:
                 handle.remove()
         if not hidden or len(hidden) != len(kwargs[last]):
             raise LwqError("calibration inputs did not reach every block; is this a decoder?")
-        return cls(hidden, kwargs)
+        return cls(hidden, kwargs, tuple_outputs=any(returned))
 
     def copy(self) -> BlockInputs:
-        return BlockInputs(list(self.hidden), self.kwargs, self.index)
+        return BlockInputs(list(self.hidden), self.kwargs, self.index, self.tuple_outputs)
 
     @torch.no_grad()
     def run(self, block: torch.nn.Module) -> list[torch.Tensor]:
@@ -81,3 +95,40 @@ class BlockInputs:
         """Become the inputs of the next block, through `block` at the current position."""
         self.hidden = self.run(block)
         self.index += 1
+
+
+class _HandOn(torch.nn.Module):
+    """Stands in for a block that is skipped: returns its input untouched, or, for the
+    last skipped block, the recorded hidden states entering the first block that runs
+    (one tensor per forward call, in the order of the calls)."""
+
+    def __init__(self, feed: list[torch.Tensor] | None, as_tuple: bool) -> None:
+        super().__init__()
+        self.feed = feed
+        self.as_tuple = as_tuple  # what the decoder unpacks: the block's own output type
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if self.feed is not None:
+            hidden = self.feed[self.calls]
+            self.calls += 1
+        return (hidden,) if self.as_tuple else hidden
+
+
+@contextlib.contextmanager
+def starting_at(blocks: torch.nn.ModuleList, inputs: BlockInputs):
+    """Within it, each forward of the model (one per calibration batch, in the batches'
+    order) runs blocks `inputs.index`.. and the head only: the blocks before are stand-ins,
+    the last of which hands on `inputs.hidden`. The outputs equal a full forward's whenever
+    the skipped blocks are those that produced `inputs`, at a fraction of the cost."""
+    start = inputs.index
+    skipped = [blocks[i] for i in range(start)]
+    for i in range(start):
+        feed = inputs.hidden if i == start - 1 else None
+        blocks[i] = _HandOn(feed, inputs.tuple_outputs)
+    try:
+        yield
+    finally:
+        for i, block in enumerate(skipped):
+            blocks[i] = block
