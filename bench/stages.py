@@ -127,6 +127,12 @@ else:
     from lwq.commands.sweep import run_sweep
     out["points"] = len(run_sweep(run))
 out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:  # Linux: ru_maxrss keeps the forking parent's peak across exec; VmHWM is this image's
+    with open("/proc/self/status") as status:
+        hwm = [line.split()[1] for line in status if line.startswith("VmHWM:")]
+    out["peak_rss_bytes"] = int(hwm[0]) * 1024
+except (OSError, IndexError):
+    pass
 print(json.dumps(out))
 """
 

@@ -71,7 +71,10 @@ def test_a_deepened_copy_repeats_the_blocks_in_order_and_runs(tmp_path):
 
 @pytest.mark.slow
 def test_memory_counts_tied_weights_once_and_reads_fresh_processes(tmp_path):
+    ballast = torch.ones(3 * 2**28)  # 3 GiB touched here: a child must not report this peak
     result = bench_memory([*small_run_overrides(tmp_path), "eval.limit=1"])
+    del ballast
+    assert result["load_only_peak_rss_mb"] < 3 * 1024  # ref-tiny loads in well under 1 GiB
     model, _, blocks, _ = load(compose_run(f"model.path={REF_MODEL}"))
     params = {p.data_ptr(): p for p in model.parameters()}
     buffers = sum(b.numel() * b.element_size() for b in model.buffers() if b.data_ptr())
