@@ -33,6 +33,19 @@ def test_missing_data_names_the_path_and_the_fix(tmp_path):
         load_texts("wikitext-103", tmp_path)
 
 
+def test_a_split_is_read_once_a_process_and_each_caller_gets_its_own_list(tmp_path):
+    names = [f"m{i}.py" for i in range(200)]
+    for name in names:
+        (tmp_path / name).write_text(f"x = {name!r}\n")
+    heldout = sorted(n for n in names if split_of(n) == "heldout")
+    first = load_split("heldout", tmp_path)
+    assert [d.name for d in first] == heldout
+    (tmp_path / heldout[0]).write_text("changed = 1\n")  # not seen: the split was read
+    first.clear()
+    again = load_split("heldout", tmp_path)
+    assert [d.name for d in again] == heldout and "changed" not in again[0].text
+
+
 def test_reference_splits_are_disjoint_and_leave_out_generated_tables():
     names = {s: {d.name for d in load_split(s)} for s in ("train", "calib", "heldout")}
     assert not (names["train"] & names["heldout"]) and not (names["calib"] & names["heldout"])

@@ -8,6 +8,7 @@ better than it is on real text.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sysconfig
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ def load_split(split: str, root: Path | None = None) -> list[Document]:
     root = root or stdlib_root()
     if not root.is_dir():
         raise FileNotFoundError(f"standard library not found at {root}; is Python installed?")
+    return list(_read_split(split, root))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_split(split: str, root: Path) -> tuple[Document, ...]:
+    """Read once a process: a sweep wants the same split for its suite, its calibration
+    and their digests, and walking the library costs ~1 s each time."""
     docs = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
@@ -67,4 +75,4 @@ def load_split(split: str, root: Path | None = None) -> list[Document]:
         text = path.read_text(encoding="utf-8", errors="replace")
         if text.strip():
             docs.append(Document(rel.as_posix(), text))
-    return docs
+    return tuple(docs)
