@@ -2,11 +2,13 @@
 `stages`), and its peak memory against the model's own size (section `memory`).
 
 Stages of one sweep, timed around lwq's own steps (the recipe of lwq.commands.sweep):
-loading (checkpoint, calibration, suite), scores (the ordering's metric), quantization
-(every point's `quantize_seconds`: installing its plan, GPTQ blocks built on first use),
-evaluation (every point's `seconds`) and bookkeeping (the rest of the point loop: claims,
-record writing, restoring blocks). Depth: copies of the model with 8, 16 and 32 blocks of
-the same width, the real blocks repeated in order, so activations stay realistic.
+loading (checkpoint, calibration, suite), scores (the ordering's metric), the KL reference
+(the unquantized model's top-k distributions on the held-out text, once a sweep while not
+cached), quantization (every point's `quantize_seconds`: installing its plan, GPTQ blocks
+built on first use), evaluation (every point's `seconds`) and bookkeeping (the rest of the
+point loop: claims, record writing, restoring blocks). Depth: copies of the model with 8,
+16 and 32 blocks of the same width, the real blocks repeated in order, so activations stay
+realistic.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def sweep_stages(overrides: list[str]) -> dict:
         loaded = time.perf_counter()
         points = plan_points(run, ctx)
         scored = time.perf_counter()
+        if ctx.kl_cache is not None:  # else evaluate_points does it, inside "bookkeeping"
+            ctx.suite.prepare_reference(ctx.model, ctx.tokenizer, ctx.kl_cache)
+        referenced = time.perf_counter()
         with StopSignals() as stop:
             written, failed = evaluate_points(
                 ctx, points, stop, high=run.sweep.high, low=run.sweep.low
@@ -56,9 +61,10 @@ def sweep_stages(overrides: list[str]) -> dict:
         "points": len(written),
         "load": round(loaded - started, 2),
         "scores": round(scored - loaded, 2),
+        "kl_reference": round(referenced - scored, 2),
         "quantize": round(quantize, 2),
         "evaluate": round(evaluate, 2),
-        "bookkeeping": round(ended - scored - quantize - evaluate, 2),
+        "bookkeeping": round(ended - referenced - quantize - evaluate, 2),
         "total": round(ended - started, 2),
     }
 
@@ -100,7 +106,7 @@ def bench_stages(overrides: list[str], depths=DEPTHS) -> dict:
                 for backend in backends
             }
     deepest = by_depth[str(max(depths))]
-    stages = ("load", "scores", "quantize", "evaluate", "bookkeeping")
+    stages = ("load", "scores", "kl_reference", "quantize", "evaluate", "bookkeeping")
     return {
         "what": "seconds of each stage of a 3-point sweep (k = 0, L/2, L, plus the reference) "
         f"on copies of the model with {', '.join(map(str, depths))} blocks (after a warm-up)",
