@@ -35,7 +35,8 @@ from bench.backends import bench_backends
 from bench.evaluation import bench_eval_modes, bench_kl_bound
 from bench.pipeline import bench_pipeline
 from bench.roofline import bench_roofline
-from bench.stages import bench_memory, bench_stages
+from bench.stages import bench_memory, bench_stages, merge_stages
+from bench.table import summary_lines
 from lwq.commands.context import load, make_suite
 from lwq.commands.sweep import run_sweep
 from lwq.config import compose_run
@@ -202,12 +203,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.section in (section, "all"):
             measured = bench(args.overrides)
             kept = result.get(section) if isinstance(result.get(section), dict) else {}
+            if section == "stages":  # a quant= run measures some backends only
+                measured = merge_stages(kept.get(measured["model"]), measured)
             result[section] = kept | {measured["model"]: measured}
     if args.section in ("backends", "all"):
         result["backends"] = bench_backends(compose_run(*["tracking=none", *args.overrides]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print("\n".join([f"written: {args.out}", *summary_lines(result)]))
 
 
 if __name__ == "__main__":

@@ -105,16 +105,34 @@ def bench_stages(overrides: list[str], depths=DEPTHS) -> dict:
                 )
                 for backend in backends
             }
-    deepest = by_depth[str(max(depths))]
-    stages = ("load", "scores", "kl_reference", "quantize", "evaluate", "bookkeeping")
     return {
         "what": "seconds of each stage of a 3-point sweep (k = 0, L/2, L, plus the reference) "
         f"on copies of the model with {', '.join(map(str, depths))} blocks (after a warm-up)",
         "command": "python -m bench --section stages " + " ".join(overrides),
         "model": compose_run("tracking=none", *overrides).model.name,
         "by_blocks": by_depth,
-        "slowest_at_deepest": {b: max(stages, key=lambda s: deepest[b][s]) for b in backends},
+        "slowest_at_deepest": _slowest(by_depth),
     }
+
+
+def merge_stages(kept: dict | None, measured: dict) -> dict:
+    """A model's stages after a run of some backends (`quant=`): the backends measured now
+    replace theirs, the others stay as they were measured before."""
+    if not kept or set(kept.get("by_blocks", {})) != set(measured["by_blocks"]):
+        return measured
+    by_depth = {d: kept["by_blocks"][d] | new for d, new in measured["by_blocks"].items()}
+    commands = {kept.get("command"), measured["command"]} - {None}
+    return measured | {
+        "command": " ; ".join(sorted(commands)),
+        "by_blocks": by_depth,
+        "slowest_at_deepest": _slowest(by_depth),
+    }
+
+
+def _slowest(by_depth: dict) -> dict:
+    deepest = by_depth[max(by_depth, key=int)]
+    stages = ("load", "scores", "kl_reference", "quantize", "evaluate", "bookkeeping")
+    return {b: max(stages, key=lambda s: deepest[b].get(s, 0.0)) for b in deepest}
 
 
 CHILD = """

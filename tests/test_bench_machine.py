@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.roofline import bench_roofline, forward_flops_per_token, matmul_limit
-from bench.stages import bench_memory, deepened_copy, sweep_stages
+from bench.stages import bench_memory, deepened_copy, merge_stages, sweep_stages
 from lwq.commands.context import load
 from lwq.config import compose_run
 from tests.conftest import REF_MODEL, small_run_overrides
@@ -58,6 +58,26 @@ def test_the_stages_of_a_sweep_add_up_to_its_time(tmp_path):
     assert stages["kl_reference"] > 0.2 * stages["evaluate"] / stages["points"]
     assert stages["bookkeeping"] < stages["kl_reference"]
     assert sum(parts) == pytest.approx(stages["total"], abs=0.05)
+
+
+def test_a_run_of_one_backend_keeps_the_stages_of_the_other():
+    def stages(evaluate, quantize):
+        return {"load": 1.0, "evaluate": evaluate, "quantize": quantize}
+
+    kept = {
+        "command": "python -m bench --section stages quant=rtn",
+        "by_blocks": {"8": {"rtn": stages(5.0, 0.1)}, "32": {"rtn": stages(20.0, 0.4)}},
+    }
+    gptq = {
+        "command": "python -m bench --section stages quant=gptq",
+        "by_blocks": {"8": {"gptq": stages(5.0, 9.0)}, "32": {"gptq": stages(20.0, 30.0)}},
+    }
+    merged = merge_stages(kept, gptq)
+    assert merged["by_blocks"]["32"] == {"rtn": stages(20.0, 0.4), "gptq": stages(20.0, 30.0)}
+    assert merged["slowest_at_deepest"] == {"rtn": "evaluate", "gptq": "quantize"}
+    assert "quant=rtn" in merged["command"] and "quant=gptq" in merged["command"]
+    other_depths = {"by_blocks": {"4": {"rtn": stages(1.0, 0.1)}}}
+    assert merge_stages(other_depths, gptq)["by_blocks"] == gptq["by_blocks"]  # not comparable
 
 
 @pytest.mark.slow
