@@ -3,7 +3,7 @@ PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup test test-fast lint format run reference-model check-reference smollm2 figures bench
+.PHONY: setup test test-fast lint format run reference-model check-reference smollm2 figures bench bench-smollm2
 
 setup:  ## install lwq and its pinned dependencies (torch 2.13.0; CPU build here)
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -38,5 +38,11 @@ check-reference:  ## retrain into a temp dir and compare the weights' sha256 wit
 figures:  ## figures from results/*/records.jsonl into plots/out/ (options: FIGURES_ARGS="--perf average:acc")
 	$(PYTHON) -m lwq.figures $(FIGURES_ARGS)
 
-bench:  ## time the default sweep; writes bench/results.json (run it alone on the machine)
+bench:  ## every bench section on ref-tiny; writes bench/results.json, prints a table (run it alone)
 	$(PYTHON) -m bench
+
+bench-smollm2: smollm2  ## the per-model sections on SmolLM2-135M, added to bench/results.json (~18 min, alone)
+	$(PYTHON) -m bench --section pipeline model=smollm2-135m eval.limit=8
+	$(PYTHON) -m bench --section roofline model=smollm2-135m eval.limit=8
+	$(PYTHON) -m bench --section stages model=smollm2-135m eval.limit=4
+	$(PYTHON) -m bench --section memory model=smollm2-135m eval.limit=4
