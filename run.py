@@ -1,4 +1,4 @@
-"""Entry point: `python run.py [overrides] [sweep|scores|compare]`.
+"""Entry point: `python run.py [overrides] [sweep|scores|compare|export]`.
 
 The bare word picks the command (`python run.py model=llama2-13b metric=ldi sweep`); Hydra
 itself only understands `key=value`, so the word is turned into `command=<word>` first.
@@ -70,6 +70,10 @@ def check_before_hydra(overrides: list[str]) -> None:
         run = compose_run(*overrides)
         if not run.dry_run:  # a dry run reads no data and no checkpoint but its config
             check_inputs(run, evaluate=run.command == "sweep")
+        if run.command == "export":
+            from lwq.commands.export import check_export
+
+            check_export(run)
     except LwqError as err:
         fail(err)
 

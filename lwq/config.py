@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ from lwq.data import check_text_source
 from lwq.errors import LwqError
 from lwq.evaluation.divergence import TOP_K
 from lwq.evaluation.suite import CROSS_CHECKS, TEXT_ENGINES, EvalSpec
+from lwq.export.gguf_file import BASE_TYPES, EMBEDDING_TYPES, GgufExport
 from lwq.metrics import METRICS
 from lwq.plan import Plan, blocks_for_fraction, read_plan_file
 from lwq.quant import BACKENDS, check_bits, make_backend
@@ -33,7 +35,7 @@ from lwq.quant.base import FULL_PRECISION
 from lwq.runtime import PROJECT_ROOT, pick_device, resolve_path
 
 CONF_DIR = PROJECT_ROOT / "conf"
-COMMANDS = ("sweep", "scores", "compare")
+COMMANDS = ("sweep", "scores", "compare", "export")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 BASELINES = ("none", "prune")
 TRACKERS = ("wandb", "none")
@@ -161,6 +163,19 @@ class BudgetSpec:
 
 
 @dataclass(frozen=True)
+class ExportSpec:
+    """`python run.py export`: which plan (k blocks low by the metric's order, unless a
+    plan file or a budget gives it), where the file goes, and the llama.cpp check."""
+
+    k: int | None
+    out: Path | None
+    gguf: GgufExport
+    check: bool
+    check_chunks: int
+    check_ctx: int | None  # None: the model's max_length
+
+
+@dataclass(frozen=True)
 class PathsSpec:
     results: Path
     cache: Path
@@ -198,6 +213,7 @@ class RunConfig:
     paths: PathsSpec
     tracking: TrackingSpec
     plain: dict  # the resolved config as JSON-able data, stored in every record
+    export: ExportSpec | None = None  # `command=export` only
 
 
 def compose_run(*overrides: str) -> RunConfig:
@@ -276,6 +292,7 @@ def from_hydra(cfg: DictConfig) -> RunConfig:
         ),
         tracking=_tracking(plain["tracking"]),
         plain=plain,
+        export=_export(plain["export"]) if command == "export" else None,
     )
 
 
@@ -420,6 +437,34 @@ def _plan_file(value, quant: QuantSpec) -> tuple[Path | None, Plan | None]:
     for bits in sorted(set(plan.bits)):
         check_bits(backend, bits)
     return path, plan
+
+
+def _export(node: dict) -> ExportSpec:
+    k = node.get("k")
+    if k is not None and _int(k, "export.k") < 0:
+        raise LwqError(f"export.k={k}: the number of blocks at sweep.low is 0 or more")
+    types = {}
+    for bits, name in (node.get("types") or {}).items():
+        if not isinstance(name, str) or not name:
+            raise LwqError(f"export.types.{bits}={name!r}; give a llama.cpp type, e.g. q4_k")
+        if not str(bits).isdigit():
+            raise LwqError(f"export.types.{bits}: the keys are bit-widths, e.g. export.types.2")
+        types[int(bits)] = name.lower()
+    check_ctx = node.get("check_ctx")
+    gguf = GgufExport(
+        types=types,
+        embeddings=_choice(node["embeddings"], EMBEDDING_TYPES, "export.embeddings"),
+        base=_choice(node["base"], BASE_TYPES, "export.base"),
+        threads=_positive_int(node.get("threads") or os.cpu_count() or 1, "export.threads"),
+    )
+    return ExportSpec(
+        k=None if k is None else int(k),
+        out=resolve_path(node["out"]) if node.get("out") else None,
+        gguf=gguf,
+        check=bool(node.get("check", True)),
+        check_chunks=_positive_int(node["check_chunks"], "export.check_chunks"),
+        check_ctx=None if check_ctx is None else _positive_int(check_ctx, "export.check_ctx"),
+    )
 
 
 def _eval(node: dict) -> EvalConfig:

@@ -2,11 +2,12 @@
 
 from lwq.commands.compare import run_compare
 from lwq.commands.dry_run import run_dry
+from lwq.commands.export import run_export
 from lwq.commands.scores import run_scores
 from lwq.commands.sweep import run_sweep
 from lwq.errors import LwqError
 
-COMMANDS = {"sweep": run_sweep, "scores": run_scores, "compare": run_compare}
+COMMANDS = {"sweep": run_sweep, "scores": run_scores, "compare": run_compare, "export": run_export}
 
 
 def run(config) -> object:

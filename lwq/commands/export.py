@@ -1,0 +1,137 @@
+"""`python run.py export`: one plan as a GGUF file llama.cpp runs, checked in llama.cpp.
+
+The plan is the one a sweep would evaluate: `export.k` blocks at `sweep.low` by the
+metric's order (the rest at `sweep.high`), or `plan_file=`, or the allocator's plan for
+`budget=`. The file is written by llama.cpp's tools (lwq.export.gguf_file) from the
+model's checkpoint; a manifest beside it says what each block really got. With
+`export.check` (default) llama-perplexity measures the file and lwq measures the weights
+the file holds on the same text (lwq.export.check); both numbers go into the manifest.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+
+import torch
+
+from lwq.commands.context import check_inputs, open_context
+from lwq.commands.points import allocated_point, allocation_settings
+from lwq.config import RunConfig
+from lwq.data import load_texts
+from lwq.errors import LwqError
+from lwq.export import check as file_check
+from lwq.export.gguf_file import block_types, summary, write
+from lwq.export.llama_cpp import LlamaCpp, locate
+from lwq.metrics import ranking
+from lwq.modeling.load import load_model, read_checkpoint_facts
+from lwq.plan import Plan, two_level_plan
+from lwq.runtime import pick_device, resolve_model_path, seed_everything
+
+
+def check_export(run: RunConfig) -> tuple[LlamaCpp, Path]:
+    """What can be refused before anything loads: the tools, the checkpoint directory, a
+    plan's widths without a llama.cpp type, `export.k` beyond the model's blocks."""
+    spec = run.export
+    tools = locate()
+    if run.model.gguf_file:
+        raise LwqError(
+            "export starts from a safetensors checkpoint, not model.gguf_file; convert the "
+            "GGUF once (as `make smollm2` does) and point model.path at the result"
+        )
+    checkpoint = Path(resolve_model_path(run.model.path))
+    if not checkpoint.is_dir():
+        raise LwqError(
+            f"export converts a local checkpoint directory; model.path={run.model.path} is not "
+            "one here (download the model, then give its directory as model.path=<dir>)"
+        )
+    if run.manual_plan is not None:
+        block_types(run.manual_plan, spec.gguf.types)
+    elif not run.budget.wanted:
+        if spec.k is None:
+            raise LwqError(
+                "export needs a plan: export.k=<blocks at sweep.low>, plan_file=<path> or "
+                "budget=<average bits>"
+            )
+        blocks = read_checkpoint_facts(str(checkpoint)).blocks
+        if blocks is not None and spec.k > blocks:
+            raise LwqError(f"export.k={spec.k} but {run.model.name} has {blocks} blocks")
+        block_types(Plan((run.sweep.high, run.sweep.low)), spec.gguf.types)
+    return tools, checkpoint
+
+
+def run_export(run: RunConfig) -> dict:
+    seed_everything(run.seed)
+    spec = run.export
+    tools, checkpoint = check_export(run)
+    check_inputs(run, evaluate=False)
+    plan, source = _plan(run)
+    types = "-".join(sorted(set(block_types(plan, spec.gguf.types))))
+    name = f"{run.model.name}-{source['label']}-{types}.gguf"  # e.g. ...-k12-4to2-q2_k-q4_k
+    out = spec.out or run.paths.results / "exports" / name
+    print(f"exporting {source['label']} {list(plan.bits)} to {out}")
+    manifest = write(checkpoint, plan, out, spec.gguf, tools)
+    manifest |= {"model": run.model.name, "plan_source": source}
+    print(summary(manifest))
+    if spec.check:
+        manifest["check"] = _check(run, tools, Path(out))
+        check = manifest["check"]
+        print(
+            f"check on {check['tokens']} tokens of {check['text']}: llama.cpp perplexity "
+            f"{check['llama_cpp']:.4f}, lwq on the file's weights {check['lwq']:.4f} "
+            f"({100 * check['relative_difference']:+.2f} %)"
+        )
+    Path(f"{out}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _plan(run: RunConfig) -> tuple[Plan, dict]:
+    """The plan to export and where it came from (the manifest's `plan_source`)."""
+    if run.manual_plan is not None:
+        label = f"plan-{Path(run.plan_file).stem}"
+        return run.manual_plan, {"label": label, "file": str(run.plan_file)}
+    ctx = open_context(run, evaluate=False)  # scores are cached; the model is freed below
+    try:
+        if run.budget.wanted:
+            scores, key, _ = ctx.scores("sensitivity", allocation_settings(run))
+            point = allocated_point(run, ctx.identity, ctx.sizes, scores, key)
+            budget = run.budget.avg_bits or run.budget.bytes
+            return point.plan, {"label": f"budget{budget}", "budget": budget, "scores": key}
+        metric, k = run.metric, run.export.k
+        scores, key, _ = ctx.scores(metric.name, metric.settings)
+        order = ranking(scores, reverse=metric.reverse)
+        if k > len(order):
+            raise LwqError(f"export.k={k} but {run.model.name} has {len(order)} blocks")
+        plan = two_level_plan(order, k, high=run.sweep.high, low=run.sweep.low)
+        name = metric.name + ("-reverse" if metric.reverse else "")
+        label = f"{name}-k{k}-{run.sweep.high}to{run.sweep.low}"
+        return plan, {"label": label, "metric": name, "order": order, "k": k, "scores": key}
+    finally:
+        del ctx
+        gc.collect()
+
+
+def _check(run: RunConfig, tools: LlamaCpp, out: Path) -> dict:
+    n_ctx = run.export.check_ctx or run.model.max_length
+    chunks = run.export.check_chunks
+    text = "\n\n".join(load_texts(run.model.eval_text, run.paths.data))
+    threads = run.export.gguf.threads
+    ppl_cpp = file_check.llama_cpp_perplexity(
+        tools, out, text, n_ctx=n_ctx, chunks=chunks, threads=threads
+    )
+    device = pick_device(run.device)
+    model, tokenizer = load_model(
+        str(out.parent), dtype=torch.float32, device=device, gguf_file=out.name
+    )
+    ids, bos = file_check.file_tokens(out, tokenizer, text)
+    ppl_lwq = file_check.torch_perplexity(model, ids, n_ctx=n_ctx, chunks=chunks, bos=bos)
+    return {
+        "text": run.model.eval_text,
+        "n_ctx": n_ctx,
+        "chunks": chunks,
+        "tokens": chunks * (n_ctx - 1 - n_ctx // 2),
+        "llama_cpp": ppl_cpp,
+        "lwq": ppl_lwq,
+        "relative_difference": ppl_lwq / ppl_cpp - 1,
+    }

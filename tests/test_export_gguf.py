@@ -1,0 +1,165 @@
+"""`python run.py export`: a plan as a GGUF file, written by llama.cpp's own tools, read back
+for the types and bits each block really got, and checked in llama.cpp against lwq on the
+weights the file holds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lwq.commands.export import _plan, run_export
+from lwq.config import compose_run
+from lwq.errors import LwqError
+from lwq.export.gguf_file import DEFAULT_TYPES, block_types, tensor_type_rules
+from lwq.export.llama_cpp import final_perplexity, locate
+from lwq.metrics import ranking
+from lwq.metrics.position import position_scores
+from lwq.modeling.packaged import PACKAGED
+from lwq.plan import Plan
+from tests.conftest import ROOT, missing
+
+SMOLLM2 = ROOT / PACKAGED["smollm2-135m"].out
+
+
+def test_each_width_gets_its_llama_cpp_type_and_a_width_without_one_is_refused():
+    assert block_types(Plan((4, 2, 8, 16)), DEFAULT_TYPES) == ["q4_k", "q2_k", "q8_0", "f16"]
+    with pytest.raises(LwqError, match=r"7\]-bit blocks .* export.types.7="):
+        block_types(Plan((4, 7)), DEFAULT_TYPES)
+
+
+def test_a_blocks_rule_matches_that_block_only():
+    # llama-quantize takes the first rule whose regex is found in a tensor's name
+    rules = [rule.split("=") for rule in tensor_type_rules(["q4_k"] * 12)]
+    names = [f"blk.{i}.ffn_down.weight" for i in range(12)]
+    for i, (pattern, kind) in enumerate(rules):
+        assert [n for n in names if re.search(pattern, n)] == [f"blk.{i}.ffn_down.weight"]
+        assert kind == "q4_k"
+
+
+def test_export_settings_are_checked_at_the_boundary():
+    run = compose_run("command=export", "export.k=3", "export.types.2=iq2_xxs")
+    assert run.export.k == 3 and run.export.gguf.types[2] == "iq2_xxs"
+    assert run.export.gguf.types[4] == "q4_k"
+    with pytest.raises(LwqError, match="export.k=-1"):
+        compose_run("command=export", "export.k=-1")
+    with pytest.raises(LwqError, match="export.embeddings"):
+        compose_run("command=export", "export.embeddings=q2_k")
+    assert compose_run("command=sweep").export is None  # other commands carry no export
+
+
+def test_llama_perplexitys_final_estimate_is_read_and_its_absence_is_an_error():
+    assert final_perplexity("...\nFinal estimate: PPL = 31.4159 +/- 0.52\n") == 31.4159
+    with pytest.raises(LwqError, match="no final estimate"):
+        final_perplexity("llama_model_load: error loading model")
+
+
+def _run(*overrides: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run.py", "tracking=none", *overrides],
+        cwd=ROOT,
+        env=os.environ | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_bad_export_input_is_one_line_and_exit_2_before_anything_loads(tmp_path):
+    no_tools = _run("export", "export.k=3", env={"LWQ_LLAMA_CPP": str(tmp_path)})
+    assert no_tools.returncode == 2
+    assert no_tools.stderr.strip().count("\n") == 0
+    assert "llama-quantize" in no_tools.stderr and "LWQ_LLAMA_CPP" in no_tools.stderr
+    tools()
+    no_plan = _run("export", f"paths.results={tmp_path}")
+    assert no_plan.returncode == 2 and "export.k=<blocks at sweep.low>" in no_plan.stderr
+    too_many = _run("export", "export.k=13", f"paths.results={tmp_path}")
+    assert too_many.returncode == 2 and "ref-tiny has 12 blocks" in too_many.stderr
+    # ref-tiny's tokenizer is our own: llama.cpp's converter cannot write it, and says so
+    unknown = _run("export", "export.k=3", "metric=position", f"paths.results={tmp_path}")
+    assert unknown.returncode == 2 and "does not know the tokenizer" in unknown.stderr
+    assert not [p for p in (tmp_path / "exports").rglob("*") if p.is_file()]  # no partial file
+
+
+def test_the_plan_comes_from_a_plan_file_or_the_allocator(tmp_path):
+    plan_file = tmp_path / "mine.yaml"
+    plan_file.write_text("bits: [4, 4, 2, 2, 8, 4, 4, 4, 2, 4, 4, 16]\n")
+    run = compose_run("command=export", f"plan_file={plan_file}", f"paths.results={tmp_path}")
+    plan, source = _plan(run)
+    assert plan.bits == (4, 4, 2, 2, 8, 4, 4, 4, 2, 4, 4, 16) and source["label"] == "plan-mine"
+    run = compose_run(
+        "command=export", "budget=3.0", "calib.samples=2", f"paths.results={tmp_path}"
+    )
+    plan, source = _plan(run)
+    assert plan.avg_bits <= 3.0 and set(plan.bits) <= {2, 3, 4, 8}
+    assert len(set(plan.bits)) > 1 and source["budget"] == 3.0
+
+
+def tools():
+    try:
+        return locate()
+    except LwqError as err:
+        missing(str(err))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """SmolLM2 with the 12 least important blocks by position at 2 bits, the rest at 4,
+    exported and checked on 2 chunks of 256 tokens (one export for the tests below)."""
+    tools()
+    if not (SMOLLM2 / "model.safetensors").is_file():
+        missing(f"{SMOLLM2} is missing; run `make smollm2`")
+    out = tmp_path_factory.mktemp("export") / "smollm2.gguf"
+    run = compose_run(
+        "command=export",
+        "model=smollm2-135m",
+        "metric=position",
+        "export.k=12",
+        f"export.out={out}",
+        "export.check_chunks=2",
+        "export.check_ctx=256",
+        f"paths.results={out.parent}",
+        "tracking=none",
+    )
+    return run_export(run), out
+
+
+@pytest.mark.slow
+def test_the_file_holds_the_plan_the_metric_gives(exported):
+    manifest, out = exported
+    order = ranking(position_scores(None, range(30)), reverse=False)
+    low = set(order[:12])
+    assert manifest["plan"] == [2 if i in low else 4 for i in range(30)]
+    assert manifest["wanted_types"] == ["q2_k" if i in low else "q4_k" for i in range(30)]
+    assert json.loads(Path(f"{out}.json").read_text()) == manifest
+
+
+@pytest.mark.slow
+def test_real_bits_come_from_the_file_and_every_fallback_is_listed(exported):
+    manifest, _ = exported
+    # K-quants need rows that are a multiple of 256: SmolLM2's 576-wide inputs (q, k, v,
+    # o, gate, up) fall back; ffn_down reads 1536 = 6 x 256 and keeps its type
+    fallen = {f["tensor"] for f in manifest["fallbacks"]}
+    assert not any(name.endswith("ffn_down.weight") for name in fallen)
+    assert len(fallen) == 30 * 6
+    for block in manifest["blocks"]:
+        wanted = manifest["wanted_types"][block["block"]]
+        assert block["types"][wanted] == 1  # ffn_down
+    low = [b["bits_per_weight"] for b in manifest["blocks"] if manifest["plan"][b["block"]] == 2]
+    high = [b["bits_per_weight"] for b in manifest["blocks"] if manifest["plan"][b["block"]] == 4]
+    assert max(low) < min(high)  # the fallbacks keep the order of the plan's widths
+    assert min(low) > 2.5  # ... but a "2-bit" block of SmolLM2 is not 2 bits in GGUF
+
+
+@pytest.mark.slow
+def test_llama_cpp_and_lwq_agree_on_the_files_perplexity(exported):
+    check = exported[0]["check"]
+    assert check["chunks"] == 2 and check["n_ctx"] == 256
+    assert abs(check["relative_difference"]) < 0.02
+    assert 20 < check["llama_cpp"] < 1e4  # a working model, not noise (vocabulary 49 k)
