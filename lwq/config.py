@@ -38,6 +38,7 @@ CONF_DIR = PROJECT_ROOT / "conf"
 COMMANDS = ("sweep", "scores", "compare", "export")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 BASELINES = ("none", "prune")
+EXPORT_FORMATS = ("gguf", "gptq")
 TRACKERS = ("wandb", "none")
 
 
@@ -167,6 +168,7 @@ class ExportSpec:
     """`python run.py export`: which plan (k blocks low by the metric's order, unless a
     plan file or a budget gives it), where the file goes, and the llama.cpp check."""
 
+    format: str  # gguf | gptq
     k: int | None
     out: Path | None
     gguf: GgufExport
@@ -458,6 +460,7 @@ def _export(node: dict) -> ExportSpec:
         threads=_positive_int(node.get("threads") or os.cpu_count() or 1, "export.threads"),
     )
     return ExportSpec(
+        format=_choice(node["format"], EXPORT_FORMATS, "export.format"),
         k=None if k is None else int(k),
         out=resolve_path(node["out"]) if node.get("out") else None,
         gguf=gguf,

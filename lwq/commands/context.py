@@ -170,7 +170,7 @@ def check_inputs(run: RunConfig, *, evaluate: bool) -> None:
     the run, and the data files the run will read. run.py calls this before Hydra starts
     (so bad input writes nothing), and every command again before loading."""
     path = resolve_model_path(run.model.path)
-    check_against_checkpoint(run, read_checkpoint_facts(path, **_hub_options(run)))
+    check_against_checkpoint(run, read_checkpoint_facts(path, **hub_options(run)))
     wanted = source_files(run.calib.text, run.paths.data)
     if evaluate:
         spec = run.eval.spec
@@ -219,7 +219,7 @@ def load(run: RunConfig) -> tuple[torch.nn.Module, object, torch.nn.ModuleList, 
     return model, tokenizer, find_blocks(model), device
 
 
-def _hub_options(run: RunConfig) -> dict:
+def hub_options(run: RunConfig) -> dict:
     m = run.model
     return {
         "trust_remote_code": m.trust_remote_code,
@@ -230,7 +230,7 @@ def _hub_options(run: RunConfig) -> dict:
 
 
 def _weights_options(run: RunConfig) -> dict:
-    return _hub_options(run) | {"allow_pickle": run.model.allow_pickle}
+    return hub_options(run) | {"allow_pickle": run.model.allow_pickle}
 
 
 def check_against_checkpoint(run: RunConfig, facts: CheckpointFacts) -> None:

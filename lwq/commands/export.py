@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 
-from lwq.commands.context import check_inputs, open_context
+from lwq.commands.context import RunContext, check_inputs, hub_options, open_context
 from lwq.commands.points import allocated_point, allocation_settings
 from lwq.config import RunConfig
 from lwq.data import load_texts
 from lwq.errors import LwqError
 from lwq.export import check as file_check
+from lwq.export import gptq_checkpoint
 from lwq.export.gguf_file import block_types, summary, write
 from lwq.export.llama_cpp import LlamaCpp, locate
 from lwq.metrics import ranking
@@ -30,42 +31,57 @@ from lwq.plan import Plan, two_level_plan
 from lwq.runtime import pick_device, resolve_model_path, seed_everything
 
 
-def check_export(run: RunConfig) -> tuple[LlamaCpp, Path]:
+def check_export(run: RunConfig) -> tuple[LlamaCpp | None, Path | None]:
     """What can be refused before anything loads: the tools, the checkpoint directory, a
-    plan's widths without a llama.cpp type, `export.k` beyond the model's blocks."""
+    plan's widths without a llama.cpp type, `export.k` beyond the model's blocks, a GPTQ
+    checkpoint asked of another backend. Returns (tools, checkpoint) for a GGUF export."""
     spec = run.export
-    tools = locate()
-    if run.model.gguf_file:
+    gguf = spec.format == "gguf"
+    if not gguf and run.quant.name != "gptq":
+        raise LwqError(
+            f"export.format=gptq saves the GPTQ blocks lwq calibrates, not quant={run.quant.name}"
+            "'s; add quant=gptq (with the sweep's quant.settings, to reuse its cached blocks)"
+        )
+    tools = locate() if gguf else None
+    if gguf and run.model.gguf_file:
         raise LwqError(
             "export starts from a safetensors checkpoint, not model.gguf_file; convert the "
             "GGUF once (as `make smollm2` does) and point model.path at the result"
         )
     checkpoint = Path(resolve_model_path(run.model.path))
-    if not checkpoint.is_dir():
+    if gguf and not checkpoint.is_dir():
         raise LwqError(
             f"export converts a local checkpoint directory; model.path={run.model.path} is not "
             "one here (download the model, then give its directory as model.path=<dir>)"
         )
     if run.manual_plan is not None:
-        block_types(run.manual_plan, spec.gguf.types)
+        if gguf:
+            block_types(run.manual_plan, spec.gguf.types)
     elif not run.budget.wanted:
         if spec.k is None:
             raise LwqError(
                 "export needs a plan: export.k=<blocks at sweep.low>, plan_file=<path> or "
                 "budget=<average bits>"
             )
-        blocks = read_checkpoint_facts(str(checkpoint)).blocks
+        blocks = read_checkpoint_facts(str(checkpoint), **hub_options(run)).blocks
         if blocks is not None and spec.k > blocks:
             raise LwqError(f"export.k={spec.k} but {run.model.name} has {blocks} blocks")
-        block_types(Plan((run.sweep.high, run.sweep.low)), spec.gguf.types)
-    return tools, checkpoint
+        if gguf:
+            block_types(Plan((run.sweep.high, run.sweep.low)), spec.gguf.types)
+    return tools, checkpoint if gguf else None
 
 
 def run_export(run: RunConfig) -> dict:
     seed_everything(run.seed)
-    spec = run.export
     tools, checkpoint = check_export(run)
     check_inputs(run, evaluate=False)
+    if run.export.format == "gptq":
+        return _export_gptq(run)
+    return _export_gguf(run, tools, checkpoint)
+
+
+def _export_gguf(run: RunConfig, tools: LlamaCpp, checkpoint: Path) -> dict:
+    spec = run.export
     plan, source = _plan(run)
     types = "-".join(sorted(set(block_types(plan, spec.gguf.types))))
     name = f"{run.model.name}-{source['label']}-{types}.gguf"  # e.g. ...-k12-4to2-q2_k-q4_k
@@ -86,12 +102,53 @@ def run_export(run: RunConfig) -> dict:
     return manifest
 
 
-def _plan(run: RunConfig) -> tuple[Plan, dict]:
-    """The plan to export and where it came from (the manifest's `plan_source`)."""
+def _export_gptq(run: RunConfig) -> dict:
+    """The plan's GPTQ blocks, as the sweep built them (cached variants are reused), saved
+    as a GPTQ checkpoint and loaded back through gptqmodel for the check."""
+    ctx = open_context(run, evaluate=False)
+    plan, source = _plan(run, ctx)
+    out = run.export.out or run.paths.results / "exports" / (
+        f"{run.model.name}-{source['label']}-gptq"
+    )
+    print(f"exporting {source['label']} {list(plan.bits)} to {out}/")
+    # the packed linears themselves rather than their dequantized copies: only the form a
+    # block is evaluated in changes, not what it is, so the cached variants still serve
+    ctx.backend.eval_dequantized = False
+    ctx.applier().apply(plan)
+    config = gptq_checkpoint.write(
+        ctx.model, ctx.tokenizer, ctx.blocks, plan, ctx.backend.settings(), Path(out)
+    )
+    manifest = {
+        "model": run.model.name,
+        "directory": str(out),
+        "plan": list(plan.bits),
+        "plan_source": source,
+        "quantization_config": config,
+        **gptq_checkpoint.read_back(Path(out), ctx.blocks),
+    }
+    print(gptq_checkpoint.summary(manifest))
+    if run.export.check:
+        manifest["check"] = _check_gptq(run, ctx, Path(out))
+        check = manifest["check"]
+        print(
+            f"check on {check['tokens']} tokens of {check['text']}: gptqmodel on the checkpoint "
+            f"{check['gptqmodel']:.4f}, lwq on the plan with float16 storage "
+            f"{check['lwq_float16_storage']:.4f} ({100 * check['relative_difference']:+.3f} %); "
+            f"as lwq evaluates it {check['lwq']:.4f}; packed tensors "
+            + ("identical" if check["same_packed_tensors"] else "DIFFERENT: the export is wrong")
+        )
+    Path(out, "lwq_export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _plan(run: RunConfig, ctx: RunContext | None = None) -> tuple[Plan, dict]:
+    """The plan to export and where it came from (the manifest's `plan_source`); opens a
+    context for the scores unless given one (and then frees its model)."""
     if run.manual_plan is not None:
         label = f"plan-{Path(run.plan_file).stem}"
         return run.manual_plan, {"label": label, "file": str(run.plan_file)}
-    ctx = open_context(run, evaluate=False)  # scores are cached; the model is freed below
+    own = ctx is None
+    ctx = ctx or open_context(run, evaluate=False)  # scores are cached
     try:
         if run.budget.wanted:
             scores, key, _ = ctx.scores("sensitivity", allocation_settings(run))
@@ -108,8 +165,48 @@ def _plan(run: RunConfig) -> tuple[Plan, dict]:
         label = f"{name}-k{k}-{run.sweep.high}to{run.sweep.low}"
         return plan, {"label": label, "metric": name, "order": order, "k": k, "scores": key}
     finally:
-        del ctx
-        gc.collect()
+        if own:
+            del ctx
+            gc.collect()
+
+
+def _check_gptq(run: RunConfig, ctx: RunContext, out: Path) -> dict:
+    """Perplexity of the checkpoint as gptqmodel loads it, and of the plan as installed in
+    lwq, on the same token chunks (llama-perplexity's protocol): as lwq evaluated it, and
+    with what stays unquantized rounded to float16 as the checkpoint stores it (`ctx.model`
+    is changed: the export is over)."""
+    from gptqmodel import BACKEND, GPTQModel
+
+    n_ctx = run.export.check_ctx or run.model.max_length
+    chunks = run.export.check_chunks
+    text = "\n\n".join(load_texts(run.model.eval_text, run.paths.data))
+    ids = ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def perplexity(model) -> float:
+        return file_check.torch_perplexity(model, ids, n_ctx=n_ctx, chunks=chunks, bos=None)
+
+    dtype = next(ctx.model.parameters()).dtype
+    as_evaluated = perplexity(ctx.model)
+    as_saved = perplexity(ctx.model.to(torch.float16).to(dtype))
+    # float16 as stored (left to itself gptqmodel picks bfloat16 on this CPU, rounding the
+    # float16 scales); its torch kernel runs in float16 or bfloat16 only, so the loaded
+    # model is cast to lwq's dtype to compare
+    loaded = GPTQModel.load(
+        str(out), device=str(ctx.device), backend=BACKEND.TORCH, dtype=torch.float16
+    )
+    same = gptq_checkpoint.same_packed_tensors(ctx.model, ctx.blocks, loaded.model)
+    from_file = perplexity(loaded.model.to(dtype))
+    return {
+        "text": run.model.eval_text,
+        "n_ctx": n_ctx,
+        "chunks": chunks,
+        "tokens": chunks * (n_ctx - 1 - n_ctx // 2),
+        "same_packed_tensors": same,
+        "gptqmodel": from_file,
+        "lwq": as_evaluated,
+        "lwq_float16_storage": as_saved,
+        "relative_difference": as_saved / from_file - 1,
+    }
 
 
 def _check(run: RunConfig, tools: LlamaCpp, out: Path) -> dict:
