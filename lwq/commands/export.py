@@ -177,9 +177,7 @@ def _check_gptq(run: RunConfig, ctx: RunContext, out: Path) -> dict:
     is changed: the export is over)."""
     from gptqmodel import BACKEND, GPTQModel
 
-    n_ctx = run.export.check_ctx or run.model.max_length
-    chunks = run.export.check_chunks
-    text = "\n\n".join(load_texts(run.model.eval_text, run.paths.data))
+    text, n_ctx, chunks, window = _check_window(run)
     ids = ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def perplexity(model) -> float:
@@ -196,11 +194,7 @@ def _check_gptq(run: RunConfig, ctx: RunContext, out: Path) -> dict:
     )
     same = gptq_checkpoint.same_packed_tensors(ctx.model, ctx.blocks, loaded.model)
     from_file = perplexity(loaded.model.to(dtype))
-    return {
-        "text": run.model.eval_text,
-        "n_ctx": n_ctx,
-        "chunks": chunks,
-        "tokens": chunks * (n_ctx - 1 - n_ctx // 2),
+    return window | {
         "same_packed_tensors": same,
         "gptqmodel": from_file,
         "lwq": as_evaluated,
@@ -210,9 +204,7 @@ def _check_gptq(run: RunConfig, ctx: RunContext, out: Path) -> dict:
 
 
 def _check(run: RunConfig, tools: LlamaCpp, out: Path) -> dict:
-    n_ctx = run.export.check_ctx or run.model.max_length
-    chunks = run.export.check_chunks
-    text = "\n\n".join(load_texts(run.model.eval_text, run.paths.data))
+    text, n_ctx, chunks, window = _check_window(run)
     threads = run.export.gguf.threads
     ppl_cpp = file_check.llama_cpp_perplexity(
         tools, out, text, n_ctx=n_ctx, chunks=chunks, threads=threads
@@ -223,12 +215,18 @@ def _check(run: RunConfig, tools: LlamaCpp, out: Path) -> dict:
     )
     ids, bos = file_check.file_tokens(out, tokenizer, text)
     ppl_lwq = file_check.torch_perplexity(model, ids, n_ctx=n_ctx, chunks=chunks, bos=bos)
-    return {
-        "text": run.model.eval_text,
-        "n_ctx": n_ctx,
-        "chunks": chunks,
-        "tokens": chunks * (n_ctx - 1 - n_ctx // 2),
+    return window | {
         "llama_cpp": ppl_cpp,
         "lwq": ppl_lwq,
         "relative_difference": ppl_lwq / ppl_cpp - 1,
     }
+
+
+def _check_window(run: RunConfig) -> tuple[str, int, int, dict]:
+    """The check's text, chunk length and chunk count, and how the manifest names them."""
+    n_ctx = run.export.check_ctx or run.model.max_length
+    chunks = run.export.check_chunks
+    text = "\n\n".join(load_texts(run.model.eval_text, run.paths.data))
+    scored = chunks * (n_ctx - 1 - n_ctx // 2)  # llama-perplexity scores each chunk's 2nd half
+    window = {"text": run.model.eval_text, "n_ctx": n_ctx, "chunks": chunks, "tokens": scored}
+    return text, n_ctx, chunks, window
