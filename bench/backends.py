@@ -13,6 +13,7 @@ import torch
 from lwq.commands.context import load
 from lwq.config import RunConfig, compose_run
 from lwq.data import calibration_ids, chunk_documents, load_texts, seeded_subset
+from lwq.errors import LwqError
 from lwq.evaluation.perplexity import perplexity
 from lwq.modeling.capture import BlockInputs
 from lwq.plan import Plan
@@ -67,6 +68,11 @@ def bench_backends(run: RunConfig) -> dict:
         sizes = SizeTable(model, blocks, backend)
         for bits in sorted(backend.supported_bits - {FULL_PRECISION}):
             plan = Plan((bits,) * n)
+            try:
+                weight_bytes = sizes.cost(plan).weight_bytes
+            except LwqError as err:  # a shape this width cannot pack (gguf's K-quants)
+                out[name][str(bits)] = {"refused": str(err)}
+                continue
             variants = make_variants(backend, lambda: BlockInputs.capture(model, blocks, calib))
             applier = PlanApplier(blocks, variants)
             started = time.perf_counter()
@@ -75,7 +81,7 @@ def bench_backends(run: RunConfig) -> dict:
             out[name][str(bits)] = {
                 "quantize_seconds": round(seconds, 3),
                 "tokens_per_second": round(tokens_per_second(model, ids)),
-                "weight_bytes": sizes.cost(plan).weight_bytes,
+                "weight_bytes": weight_bytes,
                 "heldout_token_ppl": heldout_ppl(),
             }
             applier.restore()

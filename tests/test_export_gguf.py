@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from lwq.commands.export import _plan, run_export
 from lwq.config import compose_run
@@ -22,6 +23,7 @@ from lwq.metrics import ranking
 from lwq.metrics.position import position_scores
 from lwq.modeling.packaged import PACKAGED
 from lwq.plan import Plan
+from lwq.quant import make_backend
 from tests.conftest import ROOT, missing
 
 SMOLLM2 = ROOT / PACKAGED["smollm2-135m"].out
@@ -163,3 +165,24 @@ def test_llama_cpp_and_lwq_agree_on_the_files_perplexity(exported):
     assert check["chunks"] == 2 and check["n_ctx"] == 256
     assert abs(check["relative_difference"]) < 0.02
     assert 20 < check["llama_cpp"] < 1e4  # a working model, not noise (vocabulary 49 k)
+
+
+@pytest.mark.slow
+def test_quant_gguf_gives_the_weights_the_file_holds_bit_for_bit(exported):
+    # a sweep with quant=gguf measures exactly what the export ships: ggml's own quantizer
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+
+    manifest, out = exported
+    backend = make_backend("gguf")
+    tensors = {t.name: t for t in GGUFReader(str(out)).tensors}
+    with safe_open(str(SMOLLM2 / "model.safetensors"), "pt") as weights:
+        for block in (manifest["plan"].index(2), manifest["plan"].index(4)):
+            linear = torch.nn.Linear(1536, 576, bias=False)
+            linear.weight.data = weights.get_tensor(f"model.layers.{block}.mlp.down_proj.weight")
+            backend.quantize(linear, manifest["plan"][block])
+            stored = tensors[f"blk.{block}.ffn_down.weight"]
+            from_file = torch.from_numpy(dequantize(stored.data, stored.tensor_type))
+            assert stored.tensor_type.name.lower() == manifest["wanted_types"][block]
+            assert torch.equal(linear.weight.data, from_file.reshape(576, 1536))

@@ -39,6 +39,8 @@ def run_sweep(run: RunConfig) -> list[dict]:
         points: list[Point] = []
         try:
             points = plan_points(run, ctx)
+            for point in points:  # a shape the backend refuses stops here, before any work
+                ctx.sizes.cost(point.plan, point.removed)
             written, failed = evaluate_points(
                 ctx, points, stop, high=run.sweep.high, low=run.sweep.low
             )

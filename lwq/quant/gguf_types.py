@@ -1,0 +1,151 @@
+"""llama.cpp's own quantization types (Q2_K ... Q8_0, Q4_0/Q4_1, ...) as a backend, so a
+sweep measures exactly the weights a GGUF export (`run.py export`) will hold.
+
+Each linear's rows go through ggml's `ggml_quantize_chunk`, called in the libggml-base
+that `make llama-cpp` builds (ctypes; no imatrix, as `llama-quantize` without one), and
+come back through gguf-py's dequantizer. The bytes are the format's own: `type_size`
+bytes per block of `block_size` weights (Q2_K: 84 bytes per 256 weights = 2.625 bits).
+Types are chosen per bit-width (`types`, as `export.types`). A row whose width is not a
+multiple of the type's block (256 for the K-quants) is refused, naming a type that fits:
+llama.cpp would silently quantize that tensor to another type.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+
+import numpy as np
+import torch
+
+from lwq.errors import LwqError
+from lwq.export.gguf_file import DEFAULT_TYPES
+from lwq.modeling.blocks import input_dim
+from lwq.quant.base import BACKENDS, FULL_PRECISION, bias_bytes, full_precision_bytes
+
+TYPE_ATTR = "lwq_gguf_type"  # set on a quantized module: the llama.cpp type it holds
+
+
+def _type(name: str):
+    from gguf.constants import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType[name.upper()]
+    except KeyError:
+        raise LwqError(f"{name!r} is not a llama.cpp type; e.g. q2_k, q4_k, q4_0, q8_0") from None
+
+
+def block_shape(name: str) -> tuple[int, int]:
+    """(weights per block, bytes per block) of llama.cpp type `name`."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    return GGML_QUANT_SIZES[_type(name)]
+
+
+@cache
+def _ggml() -> ctypes.CDLL:
+    from lwq.export.llama_cpp import locate
+
+    lib = ctypes.CDLL(str(locate().tool("libggml-base.so")))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int,  # type
+        ctypes.c_void_p,  # src (float32 rows)
+        ctypes.c_void_p,  # dst
+        ctypes.c_int64,  # start
+        ctypes.c_int64,  # nrows
+        ctypes.c_int64,  # n_per_row
+        ctypes.c_void_p,  # imatrix (none)
+    ]
+    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    return lib
+
+
+def quantize_rows(weight: np.ndarray, name: str) -> np.ndarray:
+    """(rows, width) float32 weights through llama.cpp type `name` and back."""
+    from gguf.quants import dequantize
+
+    qtype = _type(name)
+    lib = _ggml()
+    if lib.ggml_quantize_requires_imatrix(int(qtype)):
+        raise LwqError(f"{name} needs an importance matrix (lwq makes none); pick a K-quant")
+    rows, width = weight.shape
+    block, size = block_shape(name)
+    src = np.ascontiguousarray(weight, dtype=np.float32)
+    packed = np.empty((rows, width // block * size), dtype=np.uint8)
+    written = lib.ggml_quantize_chunk(
+        int(qtype), src.ctypes.data, packed.ctypes.data, 0, rows, width, None
+    )
+    if written != packed.nbytes:
+        raise LwqError(f"ggml wrote {written} bytes of {name}, expected {packed.nbytes}")
+    return dequantize(packed, qtype).reshape(rows, width)
+
+
+@BACKENDS.register("gguf")
+class GgufTypes:
+    """llama.cpp's types per bit-width, quantized by ggml itself (needs `make llama-cpp`)."""
+
+    name = "gguf"
+    supported_bits = frozenset(DEFAULT_TYPES)  # 2, 3, 4, 5, 6, 8 and 16
+    calibrated = False
+
+    def __init__(self, types: dict | None = None) -> None:
+        self.types = dict(DEFAULT_TYPES)
+        for bits, name in (types or {}).items():
+            if not str(bits).isdigit() or int(bits) not in self.supported_bits:
+                widths = ", ".join(map(str, sorted(self.supported_bits)))
+                raise LwqError(f"quant.settings.types.{bits}: the keys are bit-widths ({widths})")
+            self.types[int(bits)] = str(name).lower()
+        for name in self.types.values():
+            if name != "f16":
+                _type(name)  # unknown names fail here, at plan time
+
+    def settings(self) -> dict:
+        return {"types": {str(b): t for b, t in sorted(self.types.items())}}
+
+    @torch.no_grad()
+    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
+        """Round `module`'s weights through its llama.cpp type in place; returns it."""
+        name = self.types[bits]
+        if bits == FULL_PRECISION or name == "f16":
+            return module
+        self._check_width(module, name, bits)
+        dim = input_dim(module)
+        w = module.weight.data.float()
+        w = w if dim == 1 else w.t()  # (out, in): ggml quantizes along the input
+        q = torch.from_numpy(quantize_rows(w.cpu().numpy(), name)).to(w.device)
+        q = q if dim == 1 else q.t()
+        module.weight.data.copy_(q.to(module.weight.dtype))
+        setattr(module, TYPE_ATTR, name)
+        return module
+
+    def held_bytes(self, module: torch.nn.Module) -> int:
+        name = getattr(module, TYPE_ATTR, None)
+        return full_precision_bytes(module) if name is None else self._bytes(module, name)
+
+    def weight_bytes(self, module: torch.nn.Module, bits: int) -> int:
+        name = self.types[bits]
+        if bits == FULL_PRECISION or name == "f16":
+            return full_precision_bytes(module)
+        self._check_width(module, name, bits)
+        return self._bytes(module, name)
+
+    @staticmethod
+    def _bytes(module: torch.nn.Module, name: str) -> int:
+        block, size = block_shape(name)
+        width = module.weight.shape[input_dim(module)]
+        rows = module.weight.numel() // width
+        return rows * (width // block) * size + bias_bytes(module)
+
+    @staticmethod
+    def _check_width(module: torch.nn.Module, name: str, bits: int) -> None:
+        block, _ = block_shape(name)
+        width = module.weight.shape[input_dim(module)]
+        if width % block:
+            raise LwqError(
+                f"quant=gguf: {name} packs rows in blocks of {block} and this model has "
+                f"{width}-wide inputs (llama.cpp would quantize them to another type); map "
+                f"{bits} bits to a type with 32-wide blocks, e.g. quant.settings.types.{bits}="
+                "q4_0 (no such type is below 4 bits)"
+            )
