@@ -294,7 +294,7 @@ def from_hydra(cfg: DictConfig) -> RunConfig:
         ),
         tracking=_tracking(plain["tracking"]),
         plain=plain,
-        export=_export(plain["export"]) if command == "export" else None,
+        export=_export(plain["export"], quant) if command == "export" else None,
     )
 
 
@@ -441,7 +441,7 @@ def _plan_file(value, quant: QuantSpec) -> tuple[Path | None, Plan | None]:
     return path, plan
 
 
-def _export(node: dict) -> ExportSpec:
+def _export(node: dict, quant: QuantSpec) -> ExportSpec:
     k = node.get("k")
     if k is not None and _int(k, "export.k") < 0:
         raise LwqError(f"export.k={k}: the number of blocks at sweep.low is 0 or more")
@@ -452,6 +452,8 @@ def _export(node: dict) -> ExportSpec:
         if not str(bits).isdigit():
             raise LwqError(f"export.types.{bits}: the keys are bit-widths, e.g. export.types.2")
         types[int(bits)] = name.lower()
+    if quant.name == "gguf":  # the file holds the types the sweep measured, not export.types
+        types = make_backend(quant.name, **quant.settings).types
     check_ctx = node.get("check_ctx")
     gguf = GgufExport(
         types=types,

@@ -53,6 +53,9 @@ def test_export_settings_are_checked_at_the_boundary():
     with pytest.raises(LwqError, match="export.embeddings"):
         compose_run("command=export", "export.embeddings=q2_k")
     assert compose_run("command=sweep").export is None  # other commands carry no export
+    # a quant=gguf sweep measured its own types: its export writes those
+    run = compose_run("command=export", "quant=gguf", "quant.settings.types.4=q4_1")
+    assert run.export.gguf.types[4] == "q4_1" and run.export.gguf.types[2] == "q2_k"
 
 
 def test_llama_perplexitys_final_estimate_is_read_and_its_absence_is_an_error():
