@@ -27,7 +27,7 @@ from lwq.data import check_text_source
 from lwq.errors import LwqError
 from lwq.evaluation.divergence import TOP_K
 from lwq.evaluation.suite import CROSS_CHECKS, TEXT_ENGINES, EvalSpec
-from lwq.export.gguf_file import BASE_TYPES, EMBEDDING_TYPES, GgufExport
+from lwq.export.gguf_file import BASE_TYPES, EMBEDDING_TYPES, GgufExport, read_types
 from lwq.metrics import METRICS
 from lwq.plan import Plan, blocks_for_fraction, read_plan_file
 from lwq.quant import BACKENDS, check_bits, make_backend
@@ -445,13 +445,7 @@ def _export(node: dict, quant: QuantSpec) -> ExportSpec:
     k = node.get("k")
     if k is not None and _int(k, "export.k") < 0:
         raise LwqError(f"export.k={k}: the number of blocks at sweep.low is 0 or more")
-    types = {}
-    for bits, name in (node.get("types") or {}).items():
-        if not isinstance(name, str) or not name:
-            raise LwqError(f"export.types.{bits}={name!r}; give a llama.cpp type, e.g. q4_k")
-        if not str(bits).isdigit():
-            raise LwqError(f"export.types.{bits}: the keys are bit-widths, e.g. export.types.2")
-        types[int(bits)] = name.lower()
+    types = read_types(node.get("types"), "export.types")
     if quant.name == "gguf":  # the file holds the types the sweep measured, not export.types
         types = make_backend(quant.name, **quant.settings).types
     check_ctx = node.get("check_ctx")

@@ -31,6 +31,32 @@ BASE_TYPES = ("f32", "f16", "bf16")
 EMBEDDING_TYPES = ("f32", "f16", "bf16", "q8_0")
 
 
+def ggml_type(name: str):
+    """gguf-py's enum member for llama.cpp type `name` (q2_k, q4_0, f16, ...)."""
+    from gguf.constants import GGMLQuantizationType
+
+    try:
+        return GGMLQuantizationType[name.upper()]
+    except KeyError:
+        raise LwqError(f"{name!r} is not a llama.cpp type; e.g. q2_k, q4_k, q4_0, q8_0") from None
+
+
+def read_types(given: dict | None, key: str) -> dict[int, str]:
+    """bits -> llama.cpp type: DEFAULT_TYPES with `given` (a config node) over them; `key`
+    names the node in errors. Keys are the widths lwq maps, names known to gguf-py."""
+    types = dict(DEFAULT_TYPES)
+    widths = ", ".join(map(str, sorted(DEFAULT_TYPES)))
+    for bits, name in (given or {}).items():
+        if not str(bits).isdigit() or int(bits) not in DEFAULT_TYPES:
+            raise LwqError(f"{key}.{bits}: the keys are bit-widths ({widths})")
+        if not isinstance(name, str) or not name:
+            raise LwqError(f"{key}.{bits}={name!r}; give a llama.cpp type, e.g. q4_k")
+        types[int(bits)] = name.lower()
+    for name in types.values():
+        ggml_type(name)
+    return types
+
+
 @dataclass(frozen=True)
 class GgufExport:
     """What `export.*` asks of a GGUF export, checked."""

@@ -19,27 +19,18 @@ import numpy as np
 import torch
 
 from lwq.errors import LwqError
-from lwq.export.gguf_file import DEFAULT_TYPES
+from lwq.export.gguf_file import DEFAULT_TYPES, ggml_type, read_types
 from lwq.modeling.blocks import input_dim
 from lwq.quant.base import BACKENDS, FULL_PRECISION, bias_bytes, full_precision_bytes
 
 TYPE_ATTR = "lwq_gguf_type"  # set on a quantized module: the llama.cpp type it holds
 
 
-def _type(name: str):
-    from gguf.constants import GGMLQuantizationType
-
-    try:
-        return GGMLQuantizationType[name.upper()]
-    except KeyError:
-        raise LwqError(f"{name!r} is not a llama.cpp type; e.g. q2_k, q4_k, q4_0, q8_0") from None
-
-
 def block_shape(name: str) -> tuple[int, int]:
     """(weights per block, bytes per block) of llama.cpp type `name`."""
     from gguf.constants import GGML_QUANT_SIZES
 
-    return GGML_QUANT_SIZES[_type(name)]
+    return GGML_QUANT_SIZES[ggml_type(name)]
 
 
 @cache
@@ -66,7 +57,7 @@ def quantize_rows(weight: np.ndarray, name: str) -> np.ndarray:
     """(rows, width) float32 weights through llama.cpp type `name` and back."""
     from gguf.quants import dequantize
 
-    qtype = _type(name)
+    qtype = ggml_type(name)
     lib = _ggml()
     if lib.ggml_quantize_requires_imatrix(int(qtype)):
         raise LwqError(f"{name} needs an importance matrix (lwq makes none); pick a K-quant")
@@ -91,15 +82,7 @@ class GgufTypes:
     calibrated = False
 
     def __init__(self, types: dict | None = None) -> None:
-        self.types = dict(DEFAULT_TYPES)
-        for bits, name in (types or {}).items():
-            if not str(bits).isdigit() or int(bits) not in self.supported_bits:
-                widths = ", ".join(map(str, sorted(self.supported_bits)))
-                raise LwqError(f"quant.settings.types.{bits}: the keys are bit-widths ({widths})")
-            self.types[int(bits)] = str(name).lower()
-        for name in self.types.values():
-            if name != "f16":
-                _type(name)  # unknown names fail here, at plan time
+        self.types = read_types(types, "quant.settings.types")  # unknown names fail here
 
     def settings(self) -> dict:
         return {"types": {str(b): t for b, t in sorted(self.types.items())}}
