@@ -1,11 +1,13 @@
-"""`python run.py export`: one plan as a GGUF file llama.cpp runs, checked in llama.cpp.
+"""`python run.py export`: one plan as a file an inference engine runs, checked there.
 
 The plan is the one a sweep would evaluate: `export.k` blocks at `sweep.low` by the
 metric's order (the rest at `sweep.high`), or `plan_file=`, or the allocator's plan for
-`budget=`. The file is written by llama.cpp's tools (lwq.export.gguf_file) from the
-model's checkpoint; a manifest beside it says what each block really got. With
-`export.check` (default) llama-perplexity measures the file and lwq measures the weights
-the file holds on the same text (lwq.export.check); both numbers go into the manifest.
+`budget=`. `export.format=gguf` (default): llama.cpp's tools write the file from the
+model's checkpoint (lwq.export.gguf_file), a manifest beside it says what each block
+really got, and llama-perplexity measures the file against lwq on the weights it holds
+(lwq.export.check). `export.format=gptq`: the plan's GPTQ blocks as lwq built them are
+saved as a checkpoint (lwq.export.gptq_checkpoint) and loaded back by gptqmodel for the
+same comparison. Both checks' numbers go into the manifest.
 """
 
 from __future__ import annotations
