@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections import Counter
 from importlib.metadata import version
@@ -170,7 +171,4 @@ _DTYPE_BYTES = {"I32": 4, "F16": 2, "BF16": 2, "F32": 4, "I64": 8, "I8": 1, "U8"
 
 
 def _nbytes(shape: list[int], dtype: str) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count * _DTYPE_BYTES[dtype]
+    return math.prod(shape) * _DTYPE_BYTES[dtype]

@@ -94,10 +94,11 @@ def build(home: Path | None = None, jobs: int | None = None) -> LlamaCpp:
     if not (home / "src" / "CMakeLists.txt").is_file():
         _unpack(_download(home), home / "src")
     build_dir = home / "build"
-    _run(["cmake", "-S", str(home / "src"), "-B", str(build_dir), *CMAKE_OPTIONS], "configure")
+    configure = ["cmake", "-S", str(home / "src"), "-B", str(build_dir), *CMAKE_OPTIONS]
+    run_tool(configure, "configure")
     jobs = jobs or os.cpu_count() or 1
     command = ["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *TOOLS]
-    _run(command, "build")
+    run_tool(command, "build")
     return built
 
 
@@ -124,13 +125,6 @@ def _unpack(sdist: Path, into: Path) -> None:
         archive.extractall(tmp, members=members, filter="data")
         shutil.rmtree(into, ignore_errors=True)
         Path(tmp, prefix).rename(into)
-
-
-def _run(command: list[str], what: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
-        raise LwqError(f"llama.cpp {what} failed ({tail}); see `{' '.join(command)}`")
 
 
 def run_tool(command: list[str], what: str) -> str:
