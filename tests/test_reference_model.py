@@ -7,8 +7,14 @@ import torch
 
 from lwq.evaluation.perplexity import perplexity
 from lwq.reference.corpus import load_split
-from lwq.reference.train import TrainConfig, build_model, token_stream, train_loop, train_tokenizer
 from tests.conftest import REF_MODEL
+from tools.train_reference import (
+    TrainConfig,
+    build_model,
+    token_stream,
+    train_loop,
+    train_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")

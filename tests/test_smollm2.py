@@ -16,11 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from lwq.modeling.gguf import SOURCE_FILE, tensor_types
-from lwq.modeling.packaged import PACKAGED, gguf_path
 from lwq.quant import make_backend
 from lwq.quant.rtn import quantize_rows
 from lwq.results.store import RecordStore
 from tests.conftest import ROOT, missing
+from tools.packaged_model import PACKAGED, gguf_path
 
 MODEL = PACKAGED["smollm2-135m"]
 CHECKPOINT = ROOT / MODEL.out

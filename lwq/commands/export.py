@@ -26,7 +26,7 @@ from lwq.errors import LwqError
 from lwq.export import check as file_check
 from lwq.export import gptq_checkpoint
 from lwq.export.gguf_file import block_types, summary, write
-from lwq.export.llama_cpp import LlamaCpp, locate
+from lwq.llama_cpp import LlamaCpp, locate
 from lwq.metrics import ranking
 from lwq.modeling.load import load_model, read_checkpoint_facts
 from lwq.plan import Plan, two_level_plan

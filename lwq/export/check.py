@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lwq.export.llama_cpp import LlamaCpp, final_perplexity, run_tool
+from lwq.llama_cpp import LlamaCpp, final_perplexity, run_tool
 
 
 def llama_cpp_perplexity(

