@@ -20,8 +20,8 @@ from lwq.plan import Plan
 from lwq.quant import BACKENDS, make_backend
 from lwq.quant.base import FULL_PRECISION
 from lwq.quant.cost import SizeTable
+from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
-from lwq.quant.variants import make_variants
 
 HELDOUT_PIECES = 12  # of 4000 characters, a seeded subset of the model's eval text
 
@@ -73,8 +73,8 @@ def bench_backends(run: RunConfig) -> dict:
             except LwqError as err:  # a shape this width cannot pack (gguf's K-quants)
                 out[name][str(bits)] = {"refused": str(err)}
                 continue
-            variants = make_variants(backend, lambda: BlockInputs.capture(model, blocks, calib))
-            applier = PlanApplier(blocks, variants)
+            engine = Engine(backend, lambda: BlockInputs.capture(model, blocks, calib))
+            applier = PlanApplier(blocks, engine)
             started = time.perf_counter()
             applier.apply(plan)
             seconds = time.perf_counter() - started

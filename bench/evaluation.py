@@ -17,8 +17,8 @@ from lwq.evaluation.divergence import KLMeter, TopKCollector
 from lwq.evaluation.perplexity import perplexity
 from lwq.plan import Plan
 from lwq.quant import make_backend
+from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
-from lwq.quant.variants import LinearVariants
 
 MODES = {
     "before: cross-check pass at every point": ["eval.kl=false", "eval.cross_check=all"],
@@ -58,7 +58,7 @@ def bench_kl_bound(overrides: list[str], pieces: int = 8) -> dict:
         return each
 
     references = {k: measure(TopKCollector(k)).result() for k in (64, 256, 1024, vocab)}
-    applier = PlanApplier(blocks, LinearVariants(make_backend("rtn")))
+    applier = PlanApplier(blocks, Engine(make_backend("rtn")))
     out = {}
     try:
         for bits in (4, 3, 2):

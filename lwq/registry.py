@@ -37,5 +37,9 @@ class Registry(Generic[T]):
             )
         return self._items[name]
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (a test's own entry, after the test)."""
+        self._items.pop(name, None)
+
     def names(self) -> list[str]:
         return sorted(self._items)

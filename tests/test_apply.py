@@ -5,13 +5,13 @@ import torch
 from lwq.plan import Plan, two_level_plan
 from lwq.quant import make_backend
 from lwq.quant.cost import SizeTable
+from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
-from lwq.quant.variants import LinearVariants
 from tests.shrunk import shrunk_model
 
 
 def _rtn_applier(blocks) -> PlanApplier:
-    return PlanApplier(blocks, LinearVariants(make_backend("rtn", group_size=32)))
+    return PlanApplier(blocks, Engine(make_backend("rtn", group_size=32)))
 
 
 def _state(model):

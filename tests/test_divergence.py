@@ -13,8 +13,8 @@ from lwq.evaluation.perplexity import perplexity
 from lwq.modeling.blocks import find_blocks
 from lwq.plan import Plan
 from lwq.quant import make_backend
+from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
-from lwq.quant.variants import LinearVariants
 from tests.conftest import ROOT
 
 
@@ -89,7 +89,7 @@ def test_on_the_reference_model_kl_rises_as_bits_fall_and_256_is_close_to_exact(
         return meter.stats()
 
     assert kl(exact_ref)["mean"] == pytest.approx(0.0, abs=1e-9)  # the unquantized model
-    applier = PlanApplier(find_blocks(model), LinearVariants(make_backend("rtn")))
+    applier = PlanApplier(find_blocks(model), Engine(make_backend("rtn")))
     exact, bound, agreement = [], [], []
     try:
         for bits in (16, 8, 4, 3, 2):

@@ -21,8 +21,8 @@ from lwq.modeling.capture import BlockInputs
 from lwq.plan import Plan, two_level_plan
 from lwq.quant import make_backend
 from lwq.quant.base import FULL_PRECISION
+from lwq.quant.engine import Engine, quantize_block
 from lwq.quant.install import PlanApplier
-from lwq.quant.variants import CalibratedVariants, make_variants, quantize_block
 from tests.conftest import ROOT, reference_calibration
 
 
@@ -30,8 +30,8 @@ def _gptq(**settings):
     return make_backend("gptq", **settings)
 
 
-def _variants(backend, model, blocks, ids):
-    return make_variants(backend, lambda: BlockInputs.capture(model, blocks, ids))
+def _engine(backend, model, blocks, ids):
+    return Engine(backend, lambda: BlockInputs.capture(model, blocks, ids))
 
 
 def _weights(block) -> dict[str, torch.Tensor]:
@@ -86,15 +86,15 @@ def test_full_precision_mode_builds_each_block_once_per_width_on_the_models_inpu
     originals = list(blocks)
     n = len(blocks)
     backend = _gptq()
-    variants = _variants(backend, model, blocks, ids)
-    applier = PlanApplier(blocks, variants)
+    engine = _engine(backend, model, blocks, ids)
+    applier = PlanApplier(blocks, engine)
     order = list(range(n))[::-1]
     try:
         for k in (0, 3, 7, n):  # a sweep: high 4, the k last blocks at 2
             applier.apply(two_level_plan(order, k, high=4, low=2))
-        assert variants.builds == 2 * n  # each block once at 4 and once at 2 bits
+        assert engine.builds == 2 * n  # each block once at 4 and once at 2 bits
         applier.apply(Plan((2,) * n))
-        assert variants.builds == 2 * n  # a new plan reuses them
+        assert engine.builds == 2 * n  # a new plan reuses them
         installed = blocks[3]
     finally:
         applier.restore()
@@ -107,7 +107,7 @@ def test_sequential_mode_calibrates_each_block_on_the_plans_quantized_blocks(mod
     model, blocks, ids = model_and_ids
     n = len(blocks)
     backend = _gptq(inputs="sequential")
-    applier = PlanApplier(blocks, _variants(backend, model, blocks, ids))
+    applier = PlanApplier(blocks, _engine(backend, model, blocks, ids))
     try:
         applier.apply(Plan((2,) * n))
         installed = list(blocks)
@@ -126,12 +126,12 @@ def test_sequential_mode_calibrates_each_block_on_the_plans_quantized_blocks(mod
         applier.restore()
 
 
-def test_a_calibrated_backend_gets_calibrated_variants_and_needs_inputs(model_and_ids):
-    model, blocks, ids = model_and_ids
-    assert isinstance(_variants(_gptq(), model, blocks, ids), CalibratedVariants)
-    assert not isinstance(_variants(make_backend("rtn"), model, blocks, ids), CalibratedVariants)
+def test_a_block_backend_needs_the_inputs_entering_the_block(model_and_ids):
+    _, blocks, _ = model_and_ids
     with pytest.raises(LwqError, match="needs the calibration inputs entering block 3"):
-        quantize_block(copy.deepcopy(blocks[3]), _gptq(), 4, where="block 3 ")
+        quantize_block(copy.deepcopy(blocks[3]), _gptq(), 4, index=3)
+    with pytest.raises(LwqError, match="quant=gptq needs calibration inputs"):
+        Engine(_gptq()).first_inputs()
 
 
 @pytest.mark.parametrize(
@@ -162,8 +162,8 @@ def test_gptq_beats_round_to_nearest_at_3_and_2_bits_on_heldout_text(ref_model):
     ids = reference_calibration(tokenizer, samples=32, seq_len=256)
     rtn = make_backend("rtn", group_size=128)
     appliers = {
-        "gptq": PlanApplier(blocks, _variants(_gptq(group_size=128), model, blocks, ids)),
-        "rtn": PlanApplier(blocks, _variants(rtn, model, blocks, ids)),
+        "gptq": PlanApplier(blocks, _engine(_gptq(group_size=128), model, blocks, ids)),
+        "rtn": PlanApplier(blocks, _engine(rtn, model, blocks, ids)),
     }
     ppl = {}
     for bits in (3, 2):
@@ -184,14 +184,14 @@ def test_gptq_beats_round_to_nearest_at_3_and_2_bits_on_heldout_text(ref_model):
 def test_16_bit_plans_touch_nothing_and_build_nothing(model_and_ids):
     model, blocks, ids = model_and_ids
     backend = _gptq()
-    variants = _variants(backend, model, blocks, ids)
-    applier = PlanApplier(blocks, variants)
+    engine = _engine(backend, model, blocks, ids)
+    applier = PlanApplier(blocks, engine)
     before = list(blocks)
     try:
         applier.apply(Plan((FULL_PRECISION,) * len(blocks)))
     finally:
         applier.restore()
-    assert variants.builds == 0
+    assert engine.builds == 0
     assert all(a is b for a, b in zip(blocks, before, strict=True))
 
 
@@ -204,10 +204,8 @@ def test_calibrated_blocks_are_built_once_and_shared_through_the_store(tmp_path,
     from tests.conftest import compose_config, records, small_run_overrides
 
     calls = []
-    quantize_block = GPTQBackend.quantize_block
-    monkeypatch.setattr(
-        GPTQBackend, "quantize_block", lambda *a: calls.append(1) or quantize_block(*a)
-    )
+    quantize = GPTQBackend.quantize
+    monkeypatch.setattr(GPTQBackend, "quantize", lambda *a: calls.append(1) or quantize(*a))
     overrides = [*small_run_overrides(tmp_path), "quant=gptq", "quant.settings.group_size=32"]
     run_sweep(compose_config(*overrides, "sweep.fractions=[0.5]"))
     built = len(calls)
@@ -256,7 +254,7 @@ def test_true_sequential_changes_the_later_groups_only(model_and_ids):
     for mode in (True, False):
         inputs = BlockInputs.capture(model, blocks, ids)
         block = copy.deepcopy(blocks[0])
-        _gptq(true_sequential=mode).quantize_block(block, 2, inputs)
+        _gptq(true_sequential=mode).quantize(block, 2, inputs)
         packed = [(n, m) for n, m in block.named_modules() if hasattr(m, "dequantize_weight")]
         built[mode] = {n: m.dequantize_weight() for n, m in packed}
     assert len(built[True]) == 7

@@ -14,8 +14,8 @@ from lwq.metrics.zd import outlier_share
 from lwq.modeling.blocks import find_blocks
 from lwq.plan import Plan
 from lwq.quant import make_backend
+from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
-from lwq.quant.variants import LinearVariants
 from tests.shrunk import FAMILIES, shrunk_model
 
 
@@ -160,9 +160,9 @@ def test_sensitivity_is_kl_per_block_falling_with_bits_and_leaves_the_model_inta
     model = _tiny_llama(blocks=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     blocks = model.model.layers
-    variants = LinearVariants(make_backend("rtn", group_size=32))
+    engine = Engine(make_backend("rtn", group_size=32))
     scores = METRICS.get("sensitivity").compute(
-        model, blocks, _calibration(), variants=variants, bits=2, table_bits=[3, 8]
+        model, blocks, _calibration(), engine=engine, bits=2, table_bits=[3, 8]
     )
     assert scores.values == scores.details["kl@2"] and len(scores.values) == 4
     for i in range(4):
@@ -172,7 +172,7 @@ def test_sensitivity_is_kl_per_block_falling_with_bits_and_leaves_the_model_inta
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(LwqError, match="must not contain 16"):
         METRICS.get("sensitivity").compute(
-            model, blocks, _calibration(), variants=variants, bits=2, table_bits=[16]
+            model, blocks, _calibration(), engine=engine, bits=2, table_bits=[16]
         )
 
 
@@ -181,11 +181,11 @@ def test_sensitivity_runs_from_the_quantized_block_on_and_equals_full_forwards(f
     model = shrunk_model(family, blocks=3)
     blocks = find_blocks(model)
     calibration = _calibration(n=5, seq=12)  # two batches of 4: the last one short
-    variants = LinearVariants(make_backend("rtn", group_size=32))
+    engine = Engine(make_backend("rtn", group_size=32))
     runs = []
     handle = blocks[0].register_forward_pre_hook(lambda *_: runs.append(1))
     scores = METRICS.get("sensitivity").compute(
-        model, blocks, calibration, variants=variants, bits=2, table_bits=[4], batch_size=4
+        model, blocks, calibration, engine=engine, bits=2, table_bits=[4], batch_size=4
     )
     handle.remove()
     # block 0 (2 batches each time) runs for the reference, the capture, its own two widths
@@ -193,7 +193,7 @@ def test_sensitivity_runs_from_the_quantized_block_on_and_equals_full_forwards(f
     # forward per (block, width) would run it 7 x 2 times
     assert len(runs) == 10
     reference = _logprobs(model, calibration, 4)
-    applier = PlanApplier(blocks, variants)
+    applier = PlanApplier(blocks, engine)
     for i in range(3):
         for b in (2, 4):
             applier.apply(Plan(tuple(b if j == i else 16 for j in range(3))))

@@ -24,37 +24,8 @@ from lwq.llama_cpp import LlamaCpp, run_tool
 from lwq.plan import Plan
 from lwq.provenance import file_sha256
 
-# llama.cpp type per bit-width: K-quants at 2..6 bits (super-blocks of 256 with 6-bit or
-# 8-bit sub-block scales), Q8_0 at 8, F16 for a block the plan leaves unquantized.
-DEFAULT_TYPES = {2: "q2_k", 3: "q3_k", 4: "q4_k", 5: "q5_k", 6: "q6_k", 8: "q8_0", 16: "f16"}
 BASE_TYPES = ("f32", "f16", "bf16")
 EMBEDDING_TYPES = ("f32", "f16", "bf16", "q8_0")
-
-
-def ggml_type(name: str):
-    """gguf-py's enum member for llama.cpp type `name` (q2_k, q4_0, f16, ...)."""
-    from gguf.constants import GGMLQuantizationType
-
-    try:
-        return GGMLQuantizationType[name.upper()]
-    except KeyError:
-        raise LwqError(f"{name!r} is not a llama.cpp type; e.g. q2_k, q4_k, q4_0, q8_0") from None
-
-
-def read_types(given: dict | None, key: str) -> dict[int, str]:
-    """bits -> llama.cpp type: DEFAULT_TYPES with `given` (a config node) over them; `key`
-    names the node in errors. Keys are the widths lwq maps, names known to gguf-py."""
-    types = dict(DEFAULT_TYPES)
-    widths = ", ".join(map(str, sorted(DEFAULT_TYPES)))
-    for bits, name in (given or {}).items():
-        if not str(bits).isdigit() or int(bits) not in DEFAULT_TYPES:
-            raise LwqError(f"{key}.{bits}: the keys are bit-widths ({widths})")
-        if not isinstance(name, str) or not name:
-            raise LwqError(f"{key}.{bits}={name!r}; give a llama.cpp type, e.g. q4_k")
-        types[int(bits)] = name.lower()
-    for name in types.values():
-        ggml_type(name)
-    return types
 
 
 @dataclass(frozen=True)

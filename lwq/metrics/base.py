@@ -33,7 +33,7 @@ class Metric:
     `canonical` names the quantity (aliases share it, and so share cached scores);
     `needs_calibration` says whether `calibration` (token ids) must be given;
     `needs_quantizer` says whether it quantizes blocks itself, in which case the run's
-    block variants (lwq.quant.variants) are passed as `variants=`. `check(settings)`
+    engine (lwq.quant.engine) is passed as `engine=`. `check(settings)`
     refuses bad setting values before anything loads.
     """
 
@@ -45,7 +45,7 @@ class Metric:
 
     def setting_names(self) -> list[str]:
         """The settings `compute` takes (keyword parameters after its inputs)."""
-        inputs = {"model", "blocks", "calibration", "variants"}
+        inputs = {"model", "blocks", "calibration", "engine"}
         return [
             p.name
             for p in inspect.signature(self.compute).parameters.values()

@@ -23,8 +23,8 @@ from lwq.metrics.base import METRICS, Metric, Scores
 from lwq.modeling.capture import BlockInputs, starting_at
 from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION
+from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
-from lwq.quant.variants import Variants
 
 
 @torch.no_grad()
@@ -58,7 +58,7 @@ def sensitivity_scores(
     blocks,
     calibration: torch.Tensor,
     *,
-    variants: Variants,
+    engine: Engine,
     bits: int,
     table_bits: list[int] | None = None,
     batch_size: int = 8,
@@ -66,7 +66,7 @@ def sensitivity_scores(
     """KL at `bits` per block (higher = more important); `details` has `kl@b` and `ppl@b`
     for every b in `table_bits` (and `bits`), plus the full-precision `ppl@16`.
 
-    `variants` builds the quantized blocks (the run's backend); the model is left as given.
+    `engine` builds the quantized blocks (the run's backend); the model is left as given.
     """
     check_sensitivity({"bits": bits, "table_bits": table_bits})
     widths = sorted({bits, *(table_bits or [])})
@@ -74,7 +74,7 @@ def sensitivity_scores(
     _, ref_nll = _kl_and_nll(reference, reference, calibration)
     entering = BlockInputs.capture(model, blocks, calibration, batch_size)
     details: dict[str, list[float]] = {f"{kind}@{b}": [] for b in widths for kind in ("kl", "ppl")}
-    applier = PlanApplier(blocks, variants)
+    applier = PlanApplier(blocks, engine)
     try:
         for i in range(len(blocks)):
             for b in widths:

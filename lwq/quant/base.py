@@ -1,10 +1,20 @@
 """The backend contract and its registry.
 
-A backend does one thing: quantize one linear module to `bits` and hand back the module to
-install in its place (the same module for `rtn`, a library module such as bitsandbytes'
-`Linear4bit` or `HQQLinear` otherwise), and say how many bytes that module holds.
-Choosing which module gets which bits is the plan's job; loading, data and evaluation
-live elsewhere.
+A backend quantizes one *unit* of the model to a bit-width and says how many bytes the
+result holds. Its `unit` says what that unit is, and so what the engine
+(lwq.quant.engine) hands it and keeps:
+
+- `"linear"` (rtn, gguf, bnb, quanto, hqq): one linear module, quantized on its own; the
+  engine copies a block and quantizes each linear in it. Nothing is kept between plans.
+- `"block"` (gptq): one decoder block, quantized on the hidden states entering it
+  (`inputs`, a BlockInputs). Built blocks are kept (and stored on disk) through
+  `state`/`restore`, and made ready to evaluate by `for_eval`.
+- a `Window` (SliderQuant): blocks calibrated together; `reach(i, n)` names the blocks
+  whose bits block i's result depends on. `quantize` gets every block and the plan's
+  bits and returns every block.
+
+Choosing which unit gets which bits is the plan's job; loading, data and evaluation live
+elsewhere.
 
 Sizes follow one convention everywhere: the model is counted as stored in 16 bits, so a
 floating tensor that follows the model's dtype (weights left alone, biases, per-group
@@ -15,7 +25,9 @@ bitsandbytes' float32 absmax) costs its own size.
 
 from __future__ import annotations
 
-from typing import ClassVar, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from transformers.pytorch_utils import Conv1D
@@ -25,23 +37,62 @@ from lwq.registry import Registry
 
 FULL_PRECISION = 16  # "16 bits" means the block is left as it is (stored as fp16/bf16)
 MODEL_DTYPE_BYTES = 2  # a tensor in the model's own dtype, counted as a 16-bit checkpoint
+LINEAR = "linear"
+BLOCK = "block"
+
+
+class Window:
+    """The unit of a backend that calibrates several blocks together.
+
+    `reach(i, n)` is every block (of `n`) whose bits change block i's result; the engine
+    keys block i's variant by the plan's bits there, so a cached variant is reused exactly
+    when nothing it depends on changed.
+    """
+
+    def reach(self, i: int, n: int) -> Sequence[int]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ContractCase:
+    """What the shared contract tests (tests/contract.py) need to know to check a backend;
+    every backend declares one (`contract`), so a new backend is checked without editing
+    the shared tests.
+
+    `width`: hidden width of the model the checks run on (128 = ref-tiny's blocks; any
+    other a random shrunk Llama that wide, e.g. 256 for llama.cpp's K-quants).
+    `unhandled`: a module the backend refuses at `unhandled_bits`, and a phrase of the error.
+    `sweep_bits`/`sweep_settings`: a two-point sweep on ref-tiny (high, low bits; settings
+    over the conf file's). `snr_8_bits_db`: the least output SNR at 8 bits on that model.
+    """
+
+    unhandled: Callable[[], torch.nn.Module]
+    unhandled_bits: int
+    unhandled_phrase: str
+    width: int = 128
+    sweep_bits: tuple[int, int] = (4, 2)
+    sweep_settings: dict = field(default_factory=dict)
+    snr_8_bits_db: float = 50.0  # measured 55.9 (bnb LLM.int8) to 65.0 dB (hqq) on ref-tiny
 
 
 class Backend(Protocol):
     name: str
+    unit: str | Window  # LINEAR, BLOCK or a Window (see the module docstring)
     supported_bits: frozenset[int]
-    # True: quantizes whole blocks on the hidden states entering them (CalibratedBackend);
-    # the run then builds its blocks through lwq.quant.variants.CalibratedVariants.
-    calibrated: ClassVar[bool]
+    contract: ContractCase  # what the shared contract tests need (tests/contract.py)
 
     def settings(self) -> dict:
         """Everything that changes the result; goes into record keys and caches."""
 
-    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
-        """Quantize `module` to `bits`; return the module to install in its place.
+    def quantize(self, unit, bits, inputs=None):
+        """Quantize `unit` to `bits`; return what to install (or keep) in its place.
 
-        `module` may be consumed (mutated or emptied): callers pass a copy. 16 bits
-        returns `module` untouched. A shape the backend cannot handle raises LwqError.
+        linear: (a linear module, int bits, None) -> the module to install.
+        block: (a block, int bits, the BlockInputs entering it) -> the block, packed.
+        Window: (every block, the plan's bits, the BlockInputs entering block 0) ->
+        every block, packed.
+        The unit may be consumed (mutated or emptied): callers pass copies. 16 bits
+        leaves a unit untouched. A shape the backend cannot handle raises LwqError.
         """
 
     def held_bytes(self, module: torch.nn.Module) -> int:
@@ -51,16 +102,24 @@ class Backend(Protocol):
         """Bytes the original `module` would hold at `bits`, from shapes (for planning)."""
 
 
-class CalibratedBackend(Backend, Protocol):
-    """A backend that needs the calibration inputs of each block (GPTQ)."""
+class KeptBackend(Backend, Protocol):
+    """A backend whose unit is a block or a window: its results are kept and stored."""
 
-    inputs: str  # full_precision | sequential: which hidden states a block is calibrated on
+    def state(self, block: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The tensors that make up a built block (what the disk store saves)."""
 
-    def quantize_block(self, block: torch.nn.Module, bits: int, inputs) -> None:
-        """Quantize every linear of `block` (mutated) on `inputs`, the BlockInputs entering it."""
+    def restore(
+        self, original: torch.nn.Module, bits: int, state: dict[str, torch.Tensor]
+    ) -> torch.nn.Module:
+        """The built block again, from a copy of the block as loaded and its `state`."""
 
     def for_eval(self, block: torch.nn.Module) -> torch.nn.Module:
-        """`block` (a copy of a built variant, mutated) made ready to evaluate."""
+        """`block` (a copy of a kept block, mutated) made ready to evaluate."""
+
+
+def uses_calibration(backend: Backend) -> bool:
+    """Whether the backend's result depends on the calibration set (its identity says so)."""
+    return backend.unit != LINEAR
 
 
 BACKENDS: Registry[type] = Registry("quant backend")
@@ -158,10 +217,10 @@ class LibraryBackend:
 
     name: str
     eval_dequantized: bool
-    calibrated = False
+    unit = LINEAR
 
     @torch.no_grad()
-    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
+    def quantize(self, module: torch.nn.Module, bits: int, inputs=None) -> torch.nn.Module:
         if bits == FULL_PRECISION:
             return module
         linear = as_linear(self.name, module)

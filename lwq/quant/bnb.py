@@ -23,6 +23,7 @@ from lwq.modeling.blocks import linear_shape
 from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,
+    ContractCase,
     LibraryBackend,
     bias_bytes,
     full_precision_bytes,
@@ -45,6 +46,7 @@ class BitsAndBytes(LibraryBackend):
 
     name = "bnb"
     supported_bits = frozenset({4, 8, FULL_PRECISION})
+    contract = ContractCase(lambda: torch.nn.Linear(64, 48), 4, "multiple of 32", sweep_bits=(8, 4))
 
     def __init__(
         self,

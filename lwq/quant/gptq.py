@@ -11,7 +11,8 @@ without it one forward pass records every linear's X on the full-precision block
 linear is quantized by gptqmodel's `GPTQ` and packed into its `TorchLinear` (the GPTQ
 checkpoint format: int32-packed codes, int32-packed zero points, float16 scales, an int32
 group index per input feature). Which inputs enter a block (those of the full-precision
-model, or those of the already-quantized blocks before it) is lwq.quant.variants' choice.
+model, or those of the already-quantized blocks before it) is the engine's choice
+(lwq.quant.engine), the only code that reads `inputs`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from lwq.modeling.blocks import block_linears, linear_shape
 from lwq.modeling.capture import BlockInputs
 from lwq.quant.base import (
     BACKENDS,
+    BLOCK,
     FULL_PRECISION,
+    ContractCase,
     as_linear,
     bias_bytes,
     dequantized,
@@ -58,7 +61,8 @@ class GPTQBackend:
 
     name = "gptq"
     supported_bits = frozenset({2, 3, 4, 8, FULL_PRECISION})
-    calibrated = True  # needs the inputs entering each block (lwq.quant.variants)
+    unit = BLOCK  # quantized on the inputs entering each block (lwq.quant.engine)
+    contract = ContractCase(lambda: torch.nn.Linear(200, 64), 4, "multiples of 32; proj has 200")
 
     def __init__(
         self,
@@ -110,22 +114,15 @@ class GPTQBackend:
             **({"mse": self.mse} if self.mse else {}),
         }
 
-    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
-        if bits == FULL_PRECISION:
-            return module
-        raise LwqError(
-            "quant=gptq quantizes whole blocks on their calibration inputs, not single layers"
-        )
-
     @torch.no_grad()
-    def quantize_block(self, block: torch.nn.Module, bits: int, inputs: BlockInputs) -> None:
-        """Replace every linear of `block` (mutated) by its packed GPTQ `TorchLinear`.
+    def quantize(self, block: torch.nn.Module, bits: int, inputs: BlockInputs) -> torch.nn.Module:
+        """`block` (mutated) with every linear replaced by its packed GPTQ `TorchLinear`.
 
         `inputs` are the hidden states entering this block; the block runs them once per
         group of linears (once in all without true_sequential).
         """
         if bits == FULL_PRECISION:
-            return
+            return block
         linears = dict(block_linears(block))
         for name, module in linears.items():
             self._check_shape(name, as_linear(self.name, module))
@@ -152,6 +149,7 @@ class GPTQBackend:
                     block.set_submodule(name, self._runnable(packed[name], linears[name]))
         for name, module in packed.items():
             block.set_submodule(name, module)
+        return block
 
     def _task(self, module: torch.nn.Module, bits: int):
         gptq, config, _ = _gptqmodel()
@@ -179,32 +177,36 @@ class GPTQBackend:
                 block.set_submodule(name, dequantized(weight, module.bias, held, dtype))
         return block
 
-    def packed_shell(self, block: torch.nn.Module, bits: int) -> torch.nn.Module:
-        """`block` (a copy, mutated) with every linear an empty packed module of `bits`,
-        ready to take a stored variant's state dict (lwq.quant.variants.VariantStore)."""
-        _, _, packed_type = _gptqmodel()
-        for name, module in block_linears(block):
-            linear = as_linear(self.name, module)
-            shell = packed_type(
-                bits=bits,
-                group_size=self.group_size,
-                sym=self.sym,
-                desc_act=self.act_order,
-                in_features=linear.in_features,
-                out_features=linear.out_features,
-                bias=linear.bias is not None,
-                pack_dtype=torch.int32,
-            )
-            block.set_submodule(name, shell)
-        return block
+    def state(self, block: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The packed tensors of a built block, on the host."""
+        return {k: v.detach().cpu().contiguous() for k, v in block.state_dict().items()}
 
-    def loaded(self, block: torch.nn.Module) -> torch.nn.Module:
-        """A shell block after its state dict was loaded, made usable as built."""
+    def restore(
+        self, original: torch.nn.Module, bits: int, state: dict[str, torch.Tensor]
+    ) -> torch.nn.Module:
+        """A built block again: `original` (a copy, mutated) with empty packed linears of
+        `bits`, filled from `state`."""
         _, _, packed_type = _gptqmodel()
-        for module in block.modules():
+        for name, module in block_linears(original):
+            linear = as_linear(self.name, module)
+            original.set_submodule(name, self._empty(packed_type, linear, bits))
+        original.load_state_dict(state, strict=True)
+        for module in original.modules():
             if isinstance(module, packed_type):
                 module.post_init()
-        return block.eval()
+        return original.eval()
+
+    def _empty(self, packed_type, linear: torch.nn.Linear, bits: int) -> torch.nn.Module:
+        return packed_type(
+            bits=bits,
+            group_size=self.group_size,
+            sym=self.sym,
+            desc_act=self.act_order,
+            in_features=linear.in_features,
+            out_features=linear.out_features,
+            bias=linear.bias is not None,
+            pack_dtype=torch.int32,
+        )
 
     def held_bytes(self, module: torch.nn.Module) -> int:
         return installed_bytes(module, _gptqmodel()[2], _packed_bytes)
@@ -249,16 +251,7 @@ class GPTQBackend:
         _, _, packed_type = _gptqmodel()
         linear = task.module
         weights, scale, zero, g_idx, *_ = task.quantize()
-        packed = packed_type(
-            bits=bits,
-            group_size=self.group_size,
-            sym=self.sym,
-            desc_act=self.act_order,
-            in_features=linear.in_features,
-            out_features=linear.out_features,
-            bias=linear.bias is not None,
-            pack_dtype=torch.int32,
-        )
+        packed = self._empty(packed_type, linear, bits)
         linear.weight.data = weights.to(linear.weight.dtype)
         packed.pack(linear, scale, zero, g_idx)
         packed.post_init()

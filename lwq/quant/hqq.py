@@ -20,6 +20,7 @@ from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,
     MODEL_DTYPE_BYTES,
+    ContractCase,
     LibraryBackend,
     bias_bytes,
     full_precision_bytes,
@@ -41,6 +42,7 @@ class HQQ(LibraryBackend):
 
     name = "hqq"
     supported_bits = frozenset({1, 2, 3, 4, 8, FULL_PRECISION})
+    contract = ContractCase(lambda: torch.nn.Linear(100, 64), 4, "must divide the input size 100")
 
     def __init__(self, group_size: int = 64, eval_dequantized: bool = False) -> None:
         if group_size < 8 or group_size % 8:

@@ -1,11 +1,10 @@
 """Installing a plan in a loaded model without ever reloading it.
 
-The first time a block is changed its original is kept (the variant source parks it on
-the host); every quantized variant is built from that original, never from another
-quantized copy, and a block is swapped only when what its variant depends on changes.
-A sweep that only moves blocks downward therefore quantizes each block at most once per
-bit-width. Where the variants come from is the variant source's business
-(lwq.quant.variants): a copy with every linear quantized, or a calibrated block.
+The first time a block is changed its original is kept (the engine parks it on the
+host); every quantized variant is built from that original, never from another quantized
+copy, and a block is swapped only when what its variant depends on changes. A sweep that
+only moves blocks downward therefore quantizes each block at most once per bit-width.
+How variants are built is the engine's business (lwq.quant.engine).
 """
 
 from __future__ import annotations
@@ -14,15 +13,20 @@ import torch
 
 from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION, check_bits
-from lwq.quant.variants import Variants
+from lwq.quant.engine import Engine
 
 
 class PlanApplier:
-    """Swaps blocks of `blocks` (a ModuleList, mutated in place) to match a plan."""
+    """Swaps blocks of `blocks` (a ModuleList, mutated in place) to match a plan.
 
-    def __init__(self, blocks: torch.nn.ModuleList, variants: Variants) -> None:
+    `packed` installs a kept backend's packed modules rather than their evaluated form
+    (what an export writes).
+    """
+
+    def __init__(self, blocks: torch.nn.ModuleList, engine: Engine, packed: bool = False) -> None:
         self.blocks = blocks
-        self.variants = variants
+        self.engine = engine
+        self.packed = packed
         self.current = [FULL_PRECISION] * len(blocks)
         self._keys: list[tuple] = [(FULL_PRECISION,)] * len(blocks)
         self._originals: dict[int, torch.nn.Module] = {}
@@ -32,9 +36,9 @@ class PlanApplier:
         if len(plan.bits) != len(self.blocks):
             raise ValueError(f"plan has {len(plan.bits)} blocks, the model {len(self.blocks)}")
         for bits in set(plan.bits):
-            check_bits(self.variants.backend, bits)
+            check_bits(self.engine.backend, bits)
         for i, bits in enumerate(plan.bits):  # in order: sequential calibration relies on it
-            key = self.variants.key(i, plan)
+            key = self.engine.key(i, plan)
             if key != self._keys[i]:
                 self.blocks[i] = self._variant(i, plan)
                 self.current[i], self._keys[i] = bits, key
@@ -52,6 +56,6 @@ class PlanApplier:
         original = self._originals.setdefault(i, self.blocks[i])
         if plan.bits[i] == FULL_PRECISION:
             return original.to(device)
-        block = self.variants.block(i, plan, self.original, self.blocks, device)
+        block = self.engine.variant(i, plan, self.original, self.blocks, device, self.packed)
         self.quantize_calls += 1
         return block

@@ -20,6 +20,7 @@ from lwq.quant.base import (
     BACKENDS,
     FULL_PRECISION,
     MODEL_DTYPE_BYTES,
+    ContractCase,
     LibraryBackend,
     bias_bytes,
     full_precision_bytes,
@@ -45,6 +46,7 @@ class Quanto(LibraryBackend):
 
     name = "quanto"
     supported_bits = frozenset({2, 4, 8, FULL_PRECISION})
+    contract = ContractCase(lambda: torch.nn.Linear(200, 64), 4, "must divide the input size 200")
 
     def __init__(self, group_size: int = 128, eval_dequantized: bool = False) -> None:
         if group_size < 1:

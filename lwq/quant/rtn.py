@@ -24,7 +24,14 @@ import torch
 
 from lwq.errors import LwqError
 from lwq.modeling.blocks import input_dim
-from lwq.quant.base import BACKENDS, FULL_PRECISION, bias_bytes, full_precision_bytes
+from lwq.quant.base import (
+    BACKENDS,
+    FULL_PRECISION,
+    LINEAR,
+    ContractCase,
+    bias_bytes,
+    full_precision_bytes,
+)
 
 BITS_ATTR = "lwq_rtn_bits"  # set on a quantized module: the width its weights are on
 
@@ -67,7 +74,8 @@ class RTN:
 
     name = "rtn"
     supported_bits = frozenset({2, 3, 4, 5, 6, 7, 8, FULL_PRECISION})
-    calibrated = False
+    unit = LINEAR
+    contract = ContractCase(lambda: torch.nn.Embedding(16, 64), 4, "neither nn.Linear nor Conv1D")
 
     def __init__(self, group_size: int = 128, range: str = "include_zero") -> None:  # noqa: A002 - the config key
         if group_size < 1:
@@ -83,7 +91,7 @@ class RTN:
         return {"group_size": self.group_size, **extra}
 
     @torch.no_grad()
-    def quantize(self, module: torch.nn.Module, bits: int) -> torch.nn.Module:
+    def quantize(self, module: torch.nn.Module, bits: int, inputs=None) -> torch.nn.Module:
         """Round `module`'s weights in place; returns `module` itself."""
         if bits == FULL_PRECISION:
             return module

@@ -1,0 +1,208 @@
+"""The layer-wise engine: block i's variant under a plan, built from the blocks as loaded.
+
+The walk, by the backend's unit (lwq.quant.base):
+
+- linear: a copy of block i with each linear quantized on its own. Depends on its bits only.
+- block, `inputs: full_precision` (GPTQ's default): the first time any block is wanted at
+  b bits, one walk captures block 0's calibration inputs, quantizes each original block at
+  b on them and advances them through the original block. Every later plan reuses those
+  blocks, whatever its order; the disk store shares them between jobs and runs.
+- block, `inputs: sequential`: block i is quantized on the inputs the plan's own blocks
+  0..i-1 produce (the installed ones), so it depends on their bits as well; a cursor walks
+  the plan and only blocks consistent with the current plan are kept.
+- window: the backend calibrates every block together for the plan; block i depends on
+  the bits of the blocks in its reach, usually the whole plan: one calibration per plan.
+
+This module is the only code that reads `inputs`. Kept blocks stay packed on the host
+(their true size); each install unpacks a copy (`for_eval`) unless `packed` is asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+
+from lwq.errors import LwqError
+from lwq.modeling.blocks import block_linears
+from lwq.modeling.capture import BlockInputs
+from lwq.plan import Plan
+from lwq.quant.base import BLOCK, FULL_PRECISION, LINEAR, Backend
+from lwq.quant.store import Built, Originals, VariantStore
+
+
+class Engine:
+    """Builds and keeps the variants of one backend for one model and calibration set.
+
+    `capture()` gives block 0's calibration inputs (called on first use only, so a fully
+    recorded run never pays for it); `store` shares kept blocks between processes.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        capture: Callable[[], BlockInputs] | None = None,
+        store: VariantStore | None = None,
+        keep_on="cpu",
+    ) -> None:
+        self.backend = backend
+        self.sequential = backend.unit == BLOCK and backend.inputs == "sequential"
+        self.store = None if self.sequential else store
+        self.keep_on = torch.device(keep_on)
+        self._capture = capture
+        self._first: BlockInputs | None = None
+        self._kept: dict[tuple, torch.nn.Module] = {}  # (i, *key) -> packed block
+        self._cursor: BlockInputs | None = None  # sequential: inputs part-way through a plan
+        self._cursor_bits: tuple[int, ...] = ()  # the plan bits the cursor went through
+        self.builds = 0  # blocks quantized
+
+    def key(self, i: int, plan: Plan) -> tuple:
+        """What block i's variant under `plan` depends on (the applier rebuilds on change)."""
+        bits, unit = plan.bits[i], self.backend.unit
+        if bits == FULL_PRECISION or unit == LINEAR or (unit == BLOCK and not self.sequential):
+            return (bits,)
+        if unit == BLOCK:
+            return (bits, tuple(plan.bits[:i]))
+        return (bits, tuple(plan.bits[j] for j in unit.reach(i, len(plan.bits))))
+
+    def variant(
+        self,
+        i: int,
+        plan: Plan,
+        original: Originals,
+        installed: torch.nn.ModuleList,
+        device: torch.device,
+        packed: bool = False,
+    ) -> torch.nn.Module:
+        """Block i quantized for `plan`: a new module on `device`, built from `original(i)`.
+
+        `installed` holds the plan's blocks before i (the applier installs in order);
+        `packed` gives a kept backend's packed modules instead of the evaluated form.
+        """
+        bits = plan.bits[i]
+        if self.backend.unit == LINEAR:
+            block = copy.deepcopy(original(i).to(self.keep_on)).to(device)
+            quantize_linears(block, self.backend, bits, where=f"block {i} ")
+            self.builds += 1
+            return block
+        key = (i, *self.key(i, plan))
+        if key not in self._kept:
+            if self.sequential:
+                self._walk_sequential(i, plan, original, installed, device)
+            elif self.backend.unit == BLOCK:
+                self._walk_full_precision(bits, original, len(installed), device)
+            else:
+                self._calibrate_window(plan, original, device)
+        block = copy.deepcopy(self._kept[key]).to(device)
+        original(i).to(self.keep_on)  # only now: building may have run through it
+        return block if packed else self.backend.for_eval(block)
+
+    def first_inputs(self) -> BlockInputs:
+        if self._first is None:
+            if self._capture is None:
+                raise LwqError(f"quant={self.backend.name} needs calibration inputs")
+            self._first = self._capture()
+        return self._first
+
+    def _quantized(self, j: int, block, bits: int, inputs: BlockInputs, device) -> torch.nn.Module:
+        copied = copy.deepcopy(block).to(device)
+        variant = quantize_block(copied, self.backend, bits, inputs, j, packed=True)
+        self.builds += 1
+        return variant.to(self.keep_on)
+
+    def _walk_full_precision(self, bits: int, original: Originals, n: int, device) -> None:
+        """Every block at `bits`, each on the full-precision model's inputs."""
+
+        def build() -> Built:
+            inputs = self.first_inputs().copy()
+            built = {}
+            for j in range(n):
+                block = original(j)
+                if (j, bits) in self._kept:
+                    built[j] = self._kept[(j, bits)]
+                else:
+                    built[j] = self._quantized(j, block, bits, inputs, device)
+                if j + 1 < n:
+                    inputs.advance(_on(block, device))
+            return built
+
+        built = (
+            build()
+            if self.store is None
+            else self.store.blocks(bits, n, self.backend, original, build)
+        )
+        self._kept.update({(j, bits): block for j, block in built.items()})
+
+    def _walk_sequential(self, i: int, plan: Plan, original: Originals, installed, device) -> None:
+        """Block i on the inputs the plan's installed blocks 0..i-1 produce."""
+        done = self._cursor_bits
+        if self._cursor is None or self._cursor.index > i or plan.bits[: len(done)] != done:
+            self._cursor, self._cursor_bits = self.first_inputs().copy(), ()
+            self._kept = {k: v for k, v in self._kept.items() if plan.bits[: k[0]] == k[2]}
+        while self._cursor.index < i:
+            self._cursor.advance(installed[self._cursor.index])
+        self._cursor_bits = tuple(plan.bits[:i])
+        key = (i, *self.key(i, plan))
+        self._kept[key] = self._quantized(i, original(i), plan.bits[i], self._cursor, device)
+
+    def _calibrate_window(self, plan: Plan, original: Originals, device) -> None:
+        """Every block of `plan` calibrated together (a window backend)."""
+        n = len(plan.bits)
+
+        def build() -> Built:
+            blocks = [copy.deepcopy(original(j)).to(device) for j in range(n)]
+            try:
+                out = self.backend.quantize(blocks, plan.bits, self.first_inputs().copy())
+            except LwqError as err:
+                raise LwqError(f"plan {list(plan.bits)}: {err}") from err
+            self.builds += sum(b != FULL_PRECISION for b in plan.bits)
+            return {j: out[j].to(self.keep_on) for j in range(n) if plan.bits[j] != FULL_PRECISION}
+
+        if self.store is None:
+            built = build()
+        else:
+            built = self.store.blocks(tuple(plan.bits), n, self.backend, original, build)
+        self._kept.update({(j, *self.key(j, plan)): block for j, block in built.items()})
+
+
+def quantize_block(
+    block: torch.nn.Module,
+    backend: Backend,
+    bits: int,
+    inputs: BlockInputs | None = None,
+    index: int | None = None,
+    packed: bool = False,
+) -> torch.nn.Module:
+    """`block` (mutated) at `bits`, ready to evaluate: each linear on its own, or for a
+    block backend the whole block on `inputs` (left packed with `packed`). Errors name
+    the block `index`. Returns the block."""
+    where = "" if index is None else f"block {index} "
+    if backend.unit == LINEAR:
+        quantize_linears(block, backend, bits, where)
+        return block
+    if inputs is None:
+        raise LwqError(f"quant={backend.name} needs the calibration inputs entering {where}block")
+    try:
+        block = backend.quantize(block, bits, inputs)
+    except LwqError as err:
+        raise LwqError(f"{where}{err}") from err
+    return block if packed else backend.for_eval(block)
+
+
+def quantize_linears(block: torch.nn.Module, backend: Backend, bits: int, where: str = "") -> None:
+    """Quantize every linear of `block` (mutated: the backend's modules installed by name)."""
+    for name, module in block_linears(block):
+        try:
+            installed = backend.quantize(module, bits)
+        except LwqError as err:
+            raise LwqError(f"{where}{name}: {err}") from err
+        if installed is not module:
+            block.set_submodule(name, installed)
+
+
+def _on(block: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`block` on `device`: itself if it is there, else a copy (originals stay where they are)."""
+    if next(block.parameters()).device == device:
+        return block
+    return copy.deepcopy(block).to(device)
