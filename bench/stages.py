@@ -25,8 +25,8 @@ import torch
 
 from lwq.commands.context import load, open_context
 from lwq.commands.evaluate import evaluate_points
+from lwq.commands.points import plan_points
 from lwq.commands.stopping import StopSignals
-from lwq.commands.sweep import plan_points
 from lwq.config import compose_run
 from lwq.runtime import PROJECT_ROOT
 
@@ -42,7 +42,7 @@ def sweep_stages(overrides: list[str]) -> dict:
         started = time.perf_counter()
         ctx = open_context(run, evaluate=True)
         loaded = time.perf_counter()
-        points = plan_points(run, ctx)
+        points = plan_points(run, ctx.identity, ctx.sizes, ctx.score_source())
         scored = time.perf_counter()
         if ctx.kl_cache is not None:  # else evaluate_points does it, inside "bookkeeping"
             ctx.suite.prepare_reference(ctx.model, ctx.tokenizer, ctx.kl_cache)

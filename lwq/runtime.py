@@ -78,9 +78,16 @@ def resolve_model_path(path: str) -> str:
     return str(local) if local.exists() else path
 
 
-def digest(obj) -> str:
-    """A short stable hash of a JSON-able identity (record keys, sweep ids)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+def digest(obj, length: int = 20) -> str:
+    """A short stable hash of a JSON-able identity: every key and cache path of lwq (record
+    and point keys 20 characters, score-cache files 16, prepared eval tasks 12).
+
+    The one compatibility rule: an identity changes only when the numbers would. A
+    setting added later enters an identity only when it differs from its default (its
+    `settings()` leave the default out), so every key made before it existed stays the
+    same and old records and caches are found again (tests/test_committed_keys.py).
+    """
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def seed_everything(seed: int) -> None:

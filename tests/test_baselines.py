@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lwq.commands.compare import run_compare, sensitivity_summary
+from lwq.commands.identity import run_identity
 from lwq.commands.sweep import run_sweep
 from tests.conftest import compose_config, records, small_run_overrides
 
@@ -68,7 +69,8 @@ def test_a_plan_file_is_applied_exactly(tmp_path):
 
 def test_compare_reports_spearman_for_each_cheap_metric(tmp_path):
     cfg = compose_config(*small_run_overrides(tmp_path), "command=compare")
-    assert "not cached yet" in sensitivity_summary(cfg, [])
+    identity = run_identity(cfg, cfg.quant.backend, None)
+    assert "not cached yet" in sensitivity_summary(cfg, identity, [])
     record = run_compare(cfg)
     rho = record["spearman_vs_sensitivity"]
     assert set(rho) == {"ldi", "zd", "position"}
@@ -91,7 +93,7 @@ def test_compare_reports_spearman_for_each_cheap_metric(tmp_path):
         "scores": record["scores"]["ldi"],
     }
     assert f"ldi {{}}: {_spearman(ldi['scores'], sensitivity):+.3f}" in sensitivity_summary(
-        cfg, [ldi]
+        cfg, identity, [ldi]
     )
 
 

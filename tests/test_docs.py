@@ -29,9 +29,8 @@ README_MAX_LINES = 200
 # the bare words run.py turns into `command=<word>`
 COMMAND_WORDS = ("sweep", "scores", "compare", "export")
 
-# Linked pages that are not in the tree yet. docs/architecture.md (the package layer order)
-# is written with the code refactor; drop it from here once it is committed.
-PENDING_PAGES = {"docs/architecture.md"}
+# Linked pages that are not in the tree yet (none today).
+PENDING_PAGES: set[str] = set()
 
 # Documented commands that name a file the reader brings, which a fresh clone does not
 # have: a substring of the command -> the part of the one-line LwqError it must stop with.
@@ -41,9 +40,8 @@ NEEDS_A_LOCAL_FILE = {
     "file: /data/boolq.jsonl": "/data/boolq.jsonl not found",  # local task data (evaluation.md)
 }
 
-# Make targets the docs may name before the Makefile has them: the SLURM test cluster's
-# targets arrive with the code refactor.
-PENDING_TARGETS = {"slurm-up", "slurm-down"}
+# Make targets the docs may name before the Makefile has them (none today).
+PENDING_TARGETS: set[str] = set()
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")

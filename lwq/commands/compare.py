@@ -7,11 +7,11 @@ from __future__ import annotations
 from scipy.stats import spearmanr
 
 from lwq.commands.context import open_context
+from lwq.commands.identity import Identity
+from lwq.commands.score_source import cached_only
 from lwq.config import RunConfig
 from lwq.metrics import Scores
-from lwq.metrics.cache import load_cached
 from lwq.provenance import library_versions
-from lwq.results.keys import score_key
 from lwq.results.record import comparison_record
 from lwq.results.store import RecordStore
 from lwq.runtime import seed_everything
@@ -28,17 +28,10 @@ def rank_correlation(a: Scores, b: Scores) -> float:
     return float(spearmanr(importance_values(a), importance_values(b)).statistic)
 
 
-def sensitivity_summary(run: RunConfig, records: list[dict]) -> str:
+def sensitivity_summary(run: RunConfig, identity: Identity, records: list[dict]) -> str:
     """Spearman of each ordering in `records` with the measured sensitivity, if it is cached
     (it is computed by `python run.py compare` or `metric=sensitivity`, never here)."""
-    key = score_key(
-        run.model.identity(),
-        "sensitivity",
-        run.sensitivity.settings,
-        run.calib.identity(),
-        run.quant.as_config(),
-    )
-    reference = load_cached(run.paths.cache, key)
+    reference, _ = cached_only(run.paths.cache, identity)("sensitivity", run.sensitivity.settings)
     if reference is None:
         return "Spearman vs measured sensitivity: not cached yet (run `python run.py compare`)"
     orderings = {}

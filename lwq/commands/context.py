@@ -1,15 +1,13 @@
 """What a run loads or prepares once, as objects (never config): the model and its blocks,
-the backend and its variant source, the size table, the calibration windows, and for an
+the backend and its engine, the size table, the calibration windows, and for an
 evaluating command the suite, the record store and the tracker.
 
-`open_context` is also the last line of input checking: it builds the evaluation suite
-(unknown tasks, missing data) and reads the checkpoint's config (its context length and
-number of blocks) before a single weight is loaded.
+`open_context` runs the file checks (lwq.commands.preflight) and builds the evaluation
+suite (unknown tasks, missing data) before a single weight is loaded.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,43 +15,30 @@ from pathlib import Path
 import torch
 
 from lwq.claims import computed_once
+from lwq.commands import record_fields
+from lwq.commands.identity import Identity, run_identity
+from lwq.commands.preflight import check_inputs, hub_options
+from lwq.commands.score_source import ScoreSource
 from lwq.config import RunConfig
-from lwq.data import calibration_ids, load_texts, source_files
-from lwq.errors import LwqError
-from lwq.evaluation.index import load_index
-from lwq.evaluation.local_data import FILES, local_files
+from lwq.data import calibration_ids, load_texts
 from lwq.evaluation.suite import Suite
-from lwq.evaluation.tasks import check_task_names
 from lwq.metrics import METRICS, Scores
 from lwq.metrics.cache import load_cached
 from lwq.metrics.cache import store as store_scores
-from lwq.modeling import gguf
 from lwq.modeling.blocks import find_blocks
 from lwq.modeling.capture import BlockInputs
-from lwq.modeling.load import CheckpointFacts, load_model, read_checkpoint_facts
-from lwq.provenance import files_sha256, git_state, library_versions, texts_sha256, weight_files
-from lwq.quant import Backend, make_backend
+from lwq.modeling.load import load_model
+from lwq.provenance import git_state, library_versions
+from lwq.quant import Backend
 from lwq.quant.cost import SizeTable
+from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
-from lwq.quant.variants import Variants, VariantStore, make_variants
-from lwq.results.keys import quant_identity, score_key
+from lwq.quant.store import VariantStore
 from lwq.results.record import shared_fields
 from lwq.results.store import RecordStore
-from lwq.results.tracking import make_tracker
 from lwq.runtime import digest, pick_device, pick_dtype, resolve_model_path
 
 CAPTURE_BATCH = 8  # calibration sequences per forward when capturing block inputs
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What the numbers depend on, as plain data for keys (lwq.results.keys)."""
-
-    model: dict
-    calibration: dict
-    quant: dict  # the backend as built, plus its calibration set when calibrated
-    quant_config: dict  # the backend as configured (a quantizing metric's score key)
-    evaluation: dict | None = None
 
 
 @dataclass
@@ -65,7 +50,7 @@ class RunContext:
     blocks: torch.nn.ModuleList
     device: torch.device
     backend: Backend
-    variants: Variants
+    engine: Engine
     sizes: SizeTable
     identity: Identity
     cache_dir: Path
@@ -76,18 +61,17 @@ class RunContext:
     tracker: object = None
     shared: dict = field(default_factory=dict)  # fields every record of the run has
 
-    def applier(self) -> PlanApplier:
-        return PlanApplier(self.blocks, self.variants)
+    def applier(self, packed: bool = False) -> PlanApplier:
+        return PlanApplier(self.blocks, self.engine, packed)
 
     def scores(self, metric: str, settings: dict) -> tuple[Scores, dict, bool]:
         """(scores, score key, was_cached) of `metric` with `settings`, cached on disk."""
         entry = METRICS.get(metric)
-        i = self.identity
-        key = score_key(i.model, metric, settings, i.calibration, i.quant_config)
+        key = self.identity.score_key(metric, settings)
 
         def compute() -> Scores:
             calibration = self.calibration() if entry.needs_calibration else None
-            extra = {"variants": self.variants} if entry.needs_quantizer else {}
+            extra = {"engine": self.engine} if entry.needs_quantizer else {}
             scores = entry.compute(self.model, self.blocks, calibration, **settings, **extra)
             store_scores(self.cache_dir, key, scores)
             return scores
@@ -100,6 +84,10 @@ class RunContext:
         )  # parallel jobs of a multirun compute each score once
         return scores, key, not made
 
+    def score_source(self) -> ScoreSource:
+        """The planner's scores: cached, or computed on this model and cached."""
+        return lambda metric, settings: self.scores(metric, settings)[:2]
+
     def close(self) -> None:
         if self.tracker is not None:
             self.tracker.finish()
@@ -107,22 +95,13 @@ class RunContext:
 
 def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
     """Load what `run` needs; `evaluate` adds the suite, the record store and the tracker."""
-    backend = make_backend(run.quant.name, **run.quant.settings)
+    backend = run.quant.backend
     check_inputs(run, evaluate=evaluate)
     suite = make_suite(run) if evaluate else None  # bad tasks, missing data: before the model
     model, tokenizer, blocks, device = load(run)
     calibration = _calibration(run, tokenizer)
-    calib_id = run.calib.identity()
-    identity = Identity(
-        model=run.model.identity(),
-        calibration=calib_id,
-        quant=quant_identity(
-            backend.name, backend.settings(), calib_id if backend.calibrated else None
-        ),
-        quant_config=run.quant.as_config(),
-        evaluation=None if suite is None else suite.identity(),
-    )
-    variants = make_variants(
+    identity = run_identity(run, backend, None if suite is None else suite.identity())
+    engine = Engine(
         backend,
         lambda: BlockInputs.capture(model, blocks, calibration(), CAPTURE_BATCH),
         store=VariantStore(
@@ -135,7 +114,7 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
         blocks=blocks,
         device=device,
         backend=backend,
-        variants=variants,
+        engine=engine,
         sizes=SizeTable(model, blocks, backend),
         identity=identity,
         cache_dir=run.paths.cache,
@@ -157,37 +136,12 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
             config=run.plain,
             seed=run.seed,
             code=git_state(),
-            data_sha256=_data_digests(run, suite),
-            weights_sha256=_weight_digests(run),
-            weights_source=_weights_source(run),
+            data_sha256=record_fields.data_digests(run, suite),
+            weights_sha256=record_fields.weight_digests(run),
+            weights_source=record_fields.weights_source(run),
         )
-        context.tracker = _tracker(run)
+        context.tracker = record_fields.tracker(run)
     return context
-
-
-def check_inputs(run: RunConfig, *, evaluate: bool) -> None:
-    """The checks that read files but load nothing: the checkpoint's config.json against
-    the run, and the data files the run will read. run.py calls this before Hydra starts
-    (so bad input writes nothing), and every command again before loading."""
-    path = resolve_model_path(run.model.path)
-    check_against_checkpoint(run, read_checkpoint_facts(path, **hub_options(run)))
-    wanted = source_files(run.calib.text, run.paths.data)
-    if evaluate:
-        spec = run.eval.spec
-        include = Path(spec.include_path) if spec.include_path else None
-        check_task_names(
-            spec.tasks, source=spec.source, local=spec.local, include_path=include, index=load_index
-        )
-        wanted += source_files(spec.text, run.paths.data) if spec.text else []
-        if spec.source == "local":
-            built_in = [t for t in spec.tasks if t in FILES and t not in spec.local]
-            wanted += [f for task in built_in for f in local_files(task, run.paths.data)]
-    missing = [str(f) for f in wanted if not f.is_file()]
-    if missing:
-        raise LwqError(
-            f"data file {missing[0]} not found; point to the data dir with paths.data=<dir> "
-            "or the LWQ_DATA environment variable"
-        )
 
 
 def make_suite(run: RunConfig) -> Suite:
@@ -202,7 +156,7 @@ def make_suite(run: RunConfig) -> Suite:
         kl_top_k=e.kl_top_k,
         verbose=run.verbose,
         text_by=e.text_by,
-    )
+    ).prepare()
 
 
 def load(run: RunConfig) -> tuple[torch.nn.Module, object, torch.nn.ModuleList, torch.device]:
@@ -219,45 +173,8 @@ def load(run: RunConfig) -> tuple[torch.nn.Module, object, torch.nn.ModuleList, 
     return model, tokenizer, find_blocks(model), device
 
 
-def hub_options(run: RunConfig) -> dict:
-    m = run.model
-    return {
-        "trust_remote_code": m.trust_remote_code,
-        "revision": m.revision,
-        "gguf_file": m.gguf_file,
-        "make": m.make,
-    }
-
-
 def _weights_options(run: RunConfig) -> dict:
     return hub_options(run) | {"allow_pickle": run.model.allow_pickle}
-
-
-def check_against_checkpoint(run: RunConfig, facts: CheckpointFacts) -> None:
-    """Windows within the model's context, block counts within its blocks: checked from its
-    config.json, before the weights load (a too-long window would run for minutes first)."""
-    if facts.context is not None:
-        for key, value in (
-            ("calib.seq_len", run.calib.seq_len),
-            ("eval.max_length", run.eval.spec.max_length),
-        ):
-            if value > facts.context:
-                raise LwqError(
-                    f"{key}={value} is longer than {run.model.name}'s context of "
-                    f"{facts.context} tokens; use {key}={facts.context} or less"
-                )
-    if facts.blocks is None:
-        return
-    too_many = [k for k in run.sweep.blocks or () if k > facts.blocks]
-    if too_many:
-        raise LwqError(
-            f"sweep.blocks has {too_many}, outside 0..{facts.blocks} for {run.model.name}"
-        )
-    plan = run.manual_plan
-    if plan is not None and len(plan.bits) != facts.blocks:
-        raise LwqError(
-            f"plan_file has {len(plan.bits)} blocks; {run.model.name} has {facts.blocks}"
-        )
 
 
 def _calibration(run: RunConfig, tokenizer) -> Callable[[], torch.Tensor]:
@@ -276,49 +193,3 @@ def _calibration(run: RunConfig, tokenizer) -> Callable[[], torch.Tensor]:
         return made[0]
 
     return calibration
-
-
-def _weight_digests(run: RunConfig) -> dict:
-    """sha256 of each weight file of the checkpoint (local, or the hub's cached snapshot);
-    of a GGUF model, of its one file."""
-    files = weight_files(resolve_model_path(run.model.path))
-    if run.model.gguf_file:
-        files = [f for f in files if f.name == run.model.gguf_file]
-    base = files[0].parent if files else None
-    return files_sha256(files, run.paths.cache / "sha256.json", base=base)
-
-
-def _weights_source(run: RunConfig) -> dict | None:
-    """Where the weights came from when they were not full precision: a GGUF file loaded
-    directly, or the GGUF a local checkpoint was converted from (its types, e.g. Q4_1)."""
-    path = Path(resolve_model_path(run.model.path))
-    if run.model.gguf_file and (path / run.model.gguf_file).is_file():
-        return gguf.describe(path / run.model.gguf_file, with_sha256=False)
-    return gguf.read_source(path) if path.is_dir() else None
-
-
-def _data_digests(run: RunConfig, suite: Suite) -> dict:
-    """sha256 of every data file the run reads (evaluation and calibration), named relative
-    to the data directory; the stdlib corpus, which is no data file, by its documents."""
-    data = run.paths.data
-    files = [*suite.data_files(), *source_files(run.calib.text, data)]
-    digests = files_sha256(files, run.paths.cache / "sha256.json", base=data)
-    for source in {run.calib.text, run.eval.spec.text} - {None}:
-        if source.startswith("ref-"):
-            digests[source] = texts_sha256(load_texts(source, data))
-    return digests
-
-
-def _tracker(run: RunConfig):
-    tracking = run.tracking
-    if tracking.name == "none":
-        return make_tracker("none")
-    name = f"{run.model.name}-{run.metric.name}-{run.baseline}-{time.strftime('%H%M%S')}"
-    return make_tracker(
-        tracking.name,
-        project=tracking.project,
-        name=name,
-        config=run.plain,
-        mode=tracking.mode,
-        dir=run.paths.results,
-    )

@@ -18,19 +18,12 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from lwq.commands.context import Identity, check_against_checkpoint
-from lwq.commands.points import (
-    Point,
-    allocated_point,
-    allocation_settings,
-    manual_point,
-    ordering_points,
-    reference_point,
-)
+from lwq.commands.identity import run_identity
+from lwq.commands.points import Point, plan_points
+from lwq.commands.preflight import check_against_checkpoint
+from lwq.commands.score_source import cached_only
 from lwq.config import RunConfig
 from lwq.errors import LwqError
-from lwq.metrics import Scores
-from lwq.metrics.cache import load_cached
 from lwq.modeling.blocks import find_blocks
 from lwq.modeling.load import (
     CheckpointFacts,
@@ -38,9 +31,7 @@ from lwq.modeling.load import (
     config_from_shape,
     meta_model,
 )
-from lwq.quant import make_backend
 from lwq.quant.cost import SizeTable
-from lwq.results.keys import quant_identity, score_key
 from lwq.results.store import RecordStore
 from lwq.runtime import DTYPES, resolve_model_path
 
@@ -66,22 +57,13 @@ def run_dry(run: RunConfig) -> dict:
     )
     model = meta_model(config)
     blocks = find_blocks(model)
-    backend = make_backend(run.quant.name, **run.quant.settings)
+    backend = run.quant.backend
     sizes = SizeTable(model, blocks, backend)
-    calib = run.calib.identity()
-    identity = Identity(
-        model=run.model.identity(),
-        calibration=calib,
-        quant=quant_identity(
-            backend.name, backend.settings(), calib if backend.calibrated else None
-        ),
-        quant_config=run.quant.as_config(),
-        evaluation=run.eval.spec.identity(),
-    )
+    identity = run_identity(run, backend, run.eval.spec.identity())
     store = RecordStore(run.paths.results / run.model.name / "records.jsonl")
     done = store.done_keys()
-    planned = [_sized(p, sizes, done, True) for p in _points(run, identity, sizes)]
-    planned += _ordering_points(run, identity, sizes, done)
+    points = plan_points(run, identity, sizes, cached_only(run.paths.cache, identity))
+    planned = [_sized(p, sizes, done) for p in points]
     estimate = _estimates(run, config, sizes, store, planned)
     alike = len({sizes.block_bytes(i, b) for i in range(len(sizes)) for b in (16,)}) == 1
     _print(run, source, len(blocks), planned, estimate, alike)
@@ -104,45 +86,10 @@ def _model_config(run: RunConfig):
     return config_from_shape(run.model.shape), f"the shapes in conf/model/{run.model.name}.yaml"
 
 
-def _points(run: RunConfig, identity: Identity, sizes: SizeTable) -> list[Point]:
-    """The points that need no ranking: reference, allocated (if measured), manual."""
-    points = [reference_point(identity, len(sizes))] if run.sweep.reference else []
-    if run.budget.wanted:
-        settings = allocation_settings(run)
-        key = score_key(
-            identity.model, "sensitivity", settings, identity.calibration, identity.quant_config
-        )
-        measured = load_cached(run.paths.cache, key)
-        if measured is not None:
-            points.append(allocated_point(run, identity, sizes, measured, key))
-        else:
-            print("allocated plan: needs the measured sensitivity (computed by the sweep)")
-    if run.manual_plan is not None:
-        points.append(manual_point(identity, run.manual_plan))
-    return points
-
-
-def _ordering_points(run, identity, sizes, done) -> list[PlannedPoint]:
-    out = []
-    for metric in run.metric.variants():
-        key = score_key(
-            identity.model, metric.name, metric.settings, identity.calibration,
-            identity.quant_config,
-        )  # fmt: skip
-        scores = load_cached(run.paths.cache, key)
-        ranked = scores is not None
-        scores = scores or Scores((0.0,) * len(sizes))  # ties: blocks in index order
-        points = ordering_points(run, identity, len(sizes), metric, scores, key)
-        out += [_sized(p, sizes, done, ranked) for p in points]
-    return out
-
-
-def _sized(point: Point, sizes: SizeTable, done: set[str], ranked: bool) -> PlannedPoint:
-    if point.kind == "reference":
-        cost = sizes.cost(point.plan)
-        return PlannedPoint(point, cost.weight_bytes, None, point.key in done, True)
+def _sized(point: Point, sizes: SizeTable, done: set[str]) -> PlannedPoint:
     cost = sizes.cost(point.plan, point.removed)
-    return PlannedPoint(point, cost.weight_bytes, cost.bits_per_weight, point.key in done, ranked)
+    bits = None if point.kind == "reference" else cost.bits_per_weight
+    return PlannedPoint(point, cost.weight_bytes, bits, point.key in done, point.ranked)
 
 
 def _estimates(run, config, sizes: SizeTable, store, planned) -> dict:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
-from lwq.commands.context import RunContext, check_inputs, hub_options, open_context
-from lwq.commands.points import allocated_point, allocation_settings
+from lwq.commands.context import RunContext, open_context
+from lwq.commands.points import allocation_settings, plan_points
+from lwq.commands.preflight import check_inputs, hub_options
 from lwq.config import RunConfig
 from lwq.data import load_texts
 from lwq.errors import LwqError
@@ -27,9 +28,8 @@ from lwq.export import check as file_check
 from lwq.export import gptq_checkpoint
 from lwq.export.gguf_file import block_types, summary, write
 from lwq.llama_cpp import LlamaCpp, locate
-from lwq.metrics import ranking
 from lwq.modeling.load import load_model, read_checkpoint_facts
-from lwq.plan import Plan, two_level_plan
+from lwq.plan import Plan
 from lwq.runtime import pick_device, resolve_model_path, seed_everything
 
 
@@ -113,10 +113,9 @@ def _export_gptq(run: RunConfig) -> dict:
         f"{run.model.name}-{source['label']}-gptq"
     )
     print(f"exporting {source['label']} {list(plan.bits)} to {out}/")
-    # the packed linears themselves rather than their dequantized copies: only the form a
-    # block is evaluated in changes, not what it is, so the cached variants still serve
-    ctx.backend.eval_dequantized = False
-    ctx.applier().apply(plan)
+    # the packed linears themselves rather than their evaluated form: the same blocks, so
+    # the cached variants still serve
+    ctx.applier(packed=True).apply(plan)
     config = gptq_checkpoint.write(
         ctx.model, ctx.tokenizer, ctx.blocks, plan, ctx.backend.settings(), Path(out)
     )
@@ -152,20 +151,22 @@ def _plan(run: RunConfig, ctx: RunContext | None = None) -> tuple[Plan, dict]:
     own = ctx is None
     ctx = ctx or open_context(run, evaluate=False)  # scores are cached
     try:
-        if run.budget.wanted:
-            scores, key, _ = ctx.scores("sensitivity", allocation_settings(run))
-            point = allocated_point(run, ctx.identity, ctx.sizes, scores, key)
+        k = None if run.budget.wanted else run.export.k
+        if k is not None and k > len(ctx.blocks):
+            raise LwqError(f"export.k={k} but {run.model.name} has {len(ctx.blocks)} blocks")
+        ks = [] if k is None else [k]
+        points = plan_points(run, ctx.identity, ctx.sizes, ctx.score_source(), ks=ks)
+        point = next(p for p in points if p.kind in ("allocated", "quantized"))
+        if point.kind == "allocated":
             budget = run.budget.avg_bits or run.budget.bytes
+            key = ctx.identity.score_key("sensitivity", allocation_settings(run))
             return point.plan, {"label": f"budget{budget}", "budget": budget, "scores": key}
-        metric, k = run.metric, run.export.k
-        scores, key, _ = ctx.scores(metric.name, metric.settings)
-        order = ranking(scores, reverse=metric.reverse)
-        if k > len(order):
-            raise LwqError(f"export.k={k} but {run.model.name} has {len(order)} blocks")
-        plan = two_level_plan(order, k, high=run.sweep.high, low=run.sweep.low)
+        metric = run.metric
         name = metric.name + ("-reverse" if metric.reverse else "")
         label = f"{name}-k{k}-{run.sweep.high}to{run.sweep.low}"
-        return plan, {"label": label, "metric": name, "order": order, "k": k, "scores": key}
+        source = {"metric": name, "order": point.fields["ranking"], "k": k}
+        key = ctx.identity.score_key(metric.name, metric.settings)
+        return point.plan, {"label": label, **source, "scores": key}
     finally:
         if own:
             del ctx

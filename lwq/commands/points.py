@@ -8,6 +8,10 @@ the size table, never a quantized model.
 Kinds: `reference` (the model as loaded), `quantized` (the k least important blocks of
 an ordering at `sweep.low`), `pruned` (the same k removed, the rest at `sweep.high`),
 `allocated` (the exact allocator's plan under a budget) and `manual` (a plan file).
+
+`plan_points` is the one planner: the sweep, the dry run and export call it with their
+own score source (lwq.commands.score_source); an ordering whose scores the source does
+not have is planned with blocks in index order and marked `ranked=False`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lwq.allocate import allocate, average_bits_budget
-from lwq.commands.context import Identity
+from lwq.commands.identity import Identity
+from lwq.commands.score_source import ScoreSource
 from lwq.config import MetricSpec, RunConfig
 from lwq.metrics import Scores, ranking
 from lwq.plan import Plan, sweep_points, two_level_plan
@@ -33,6 +38,7 @@ class Point:
     removed: tuple[int, ...] = ()
     label: str = ""  # for progress lines
     fields: dict = field(default_factory=dict)  # record fields only this kind has
+    ranked: bool = True  # False: the ordering's scores were not available (dry run)
 
     def plan_key(self, identity) -> str:
         """The key of what is evaluated (lwq.results.keys.plan_key), shared across orderings."""
@@ -43,6 +49,32 @@ class Point:
             plan=list(self.plan.bits),
             removed=list(self.removed),
         )
+
+
+def plan_points(
+    run: RunConfig,
+    identity: Identity,
+    sizes: SizeTable,
+    scores: ScoreSource,
+    ks: list[int] | None = None,
+) -> list[Point]:
+    """Every point of `run` in evaluation order (plain data; nothing is installed): the
+    reference, each ordering's k (the sweep's, or only `ks`), the allocated plan and the
+    plan file. With `ks` given (export) the reference is left out."""
+    n = len(sizes)
+    points = [reference_point(identity, n)] if run.sweep.reference and ks is None else []
+    for metric in run.metric.variants() if ks != [] else ():
+        measured, key = scores(metric.name, metric.settings)
+        points += ordering_points(run, identity, n, metric, measured, key, ks)
+    if run.budget.wanted:
+        measured, key = scores("sensitivity", allocation_settings(run))
+        if measured is None:
+            print("allocated plan: needs the measured sensitivity (computed by the sweep)")
+        else:
+            points.append(allocated_point(run, identity, sizes, measured, key))
+    if run.manual_plan is not None:
+        points.append(manual_point(identity, run.manual_plan))
+    return points
 
 
 def reference_point(identity: Identity, n_blocks: int) -> Point:
@@ -56,10 +88,14 @@ def ordering_points(
     identity: Identity,
     n_blocks: int,
     metric: MetricSpec,
-    scores: Scores,
+    scores: Scores | None,
     score_key: dict,
+    ks: list[int] | None = None,
 ) -> list[Point]:
-    """Every k of the sweep for one ordering (one metric variant), from its scores."""
+    """Every k of the sweep (or `ks`) for one ordering (one metric variant), from its
+    scores; without scores, blocks in index order (`ranked=False`)."""
+    ranked = scores is not None
+    scores = scores or Scores((0.0,) * n_blocks)  # ties: blocks in index order
     order = ranking(scores, reverse=metric.reverse)
     prune = run.baseline == "prune"
     high, low = run.sweep.high, run.sweep.low
@@ -86,7 +122,7 @@ def ordering_points(
         "sweep_id": sweep,
     }
     n = n_blocks
-    ks = sweep_points(n, run.sweep.fractions, run.sweep.blocks)
+    ks = sweep_points(n, run.sweep.fractions, run.sweep.blocks) if ks is None else list(ks)
     if prune and n in ks:
         print(f"k={n}: a model without blocks cannot run; pruning stops at L-1")
         ks.remove(n)
@@ -98,11 +134,11 @@ def ordering_points(
             removed = tuple(sorted(order[:k]))
             plan = Plan((high,) * n)
             fields = ordering | {"removed_blocks": list(removed)}
-            points.append(Point("pruned", key, plan, k, removed, f"{name} k={k}", fields))
+            points.append(Point("pruned", key, plan, k, removed, f"{name} k={k}", fields, ranked))
         else:
             plan = two_level_plan(order, k, high=high, low=low)
             fields = ordering | {"low_blocks": sorted(order[:k])}
-            points.append(Point("quantized", key, plan, k, (), f"{name} k={k}", fields))
+            points.append(Point("quantized", key, plan, k, (), f"{name} k={k}", fields, ranked))
     return points
 
 

@@ -10,16 +10,9 @@ the records, or being evaluated by another process, are not evaluated again.
 from __future__ import annotations
 
 from lwq.commands.compare import sensitivity_summary
-from lwq.commands.context import RunContext, open_context
+from lwq.commands.context import open_context
 from lwq.commands.evaluate import evaluate_points
-from lwq.commands.points import (
-    Point,
-    allocated_point,
-    allocation_settings,
-    manual_point,
-    ordering_points,
-    reference_point,
-)
+from lwq.commands.points import Point, plan_points
 from lwq.commands.stopping import Stopped, StopSignals
 from lwq.config import RunConfig
 from lwq.errors import PointsFailed
@@ -38,7 +31,7 @@ def run_sweep(run: RunConfig) -> list[dict]:
         ctx = open_context(run, evaluate=True)  # a stop in here has written nothing
         points: list[Point] = []
         try:
-            points = plan_points(run, ctx)
+            points = plan_points(run, ctx.identity, ctx.sizes, ctx.score_source())
             for point in points:  # a shape the backend refuses stops here, before any work
                 ctx.sizes.cost(point.plan, point.removed)
             written, failed = evaluate_points(
@@ -54,25 +47,10 @@ def run_sweep(run: RunConfig) -> list[dict]:
     wanted = {p.key for p in points}
     records = [r for r in ctx.store.read() if r.get("point_key") in wanted]
     print(format_table(records))
-    print(sensitivity_summary(run, records))
+    print(sensitivity_summary(run, ctx.identity, records))
     if failed:
         raise PointsFailed(
             f"{len(failed)} of {len(points)} points failed (recorded with the reason in "
             f"{ctx.store.path}); run the same command again to retry them"
         )
     return written
-
-
-def plan_points(run: RunConfig, ctx: RunContext) -> list[Point]:
-    """The sweep's points in evaluation order (plain data; nothing is installed)."""
-    n, identity = len(ctx.blocks), ctx.identity
-    points = [reference_point(identity, n)] if run.sweep.reference else []
-    for metric in run.metric.variants():
-        scores, score_key, _ = ctx.scores(metric.name, metric.settings)
-        points += ordering_points(run, identity, n, metric, scores, score_key)
-    if run.budget.wanted:
-        scores, score_key, _ = ctx.scores("sensitivity", allocation_settings(run))
-        points.append(allocated_point(run, identity, ctx.sizes, scores, score_key))
-    if run.manual_plan is not None:
-        points.append(manual_point(identity, run.manual_plan))
-    return points
