@@ -102,7 +102,7 @@ def test_local_data_for_one_of_lm_evals_tasks_with_a_field_mapping(tmp_path, ref
     }
     spec = EvalSpec("mine", None, 4000, None, 0, 256, tasks=("boolq",), local=local)
     check_task_names(spec.tasks, source="local", local=local, include_path=None, index=load_index)
-    suite = Suite(spec, data_dir=tmp_path, workdir=tmp_path / "suite", batch_size=4)
+    suite = Suite(spec, data_dir=tmp_path, workdir=tmp_path / "suite", batch_size=4).prepare()
     result = suite.evaluate(*ref_model)
     assert result["tasks"]["boolq"]["acc"] == pytest.approx(
         _independent_accuracy(ref_model, QUESTIONS)
@@ -133,7 +133,9 @@ def test_few_shot_counts_are_config_and_recorded(tmp_path, data_dir, ref_model):
     def run(fewshot):
         task = "lambada_openai"  # a perplexity: any change of the prompt shows
         spec = EvalSpec("f", None, 4000, 10, 0, 256, tasks=(task,), num_fewshot=fewshot)
-        suite = Suite(spec, data_dir=data_dir, workdir=tmp_path / str(fewshot), batch_size=8)
+        suite = Suite(
+            spec, data_dir=data_dir, workdir=tmp_path / str(fewshot), batch_size=8
+        ).prepare()
         return suite.provenance()["num_fewshot"][task], suite.evaluate(*ref_model)["tasks"][task]
 
     (zero, plain), (one, shown) = run({}), run({"lambada_openai": 1})
@@ -154,7 +156,7 @@ def test_a_group_is_aggregated_by_size_with_lm_evals_function(tmp_path, data_dir
         tasks=("arc_easy", "piqa"),
         limits={"arc_easy": 10, "piqa": 30},
     )
-    suite = Suite(spec, data_dir=data_dir, workdir=tmp_path, batch_size=8)
+    suite = Suite(spec, data_dir=data_dir, workdir=tmp_path, batch_size=8).prepare()
     entry = Entry("both", "group", children=("arc_easy", "piqa"), aggregate=("acc",))
     suite.requested.groups["both"] = Group(entry, ("arc_easy", "piqa"))
     tasks = suite.evaluate(*ref_model)["tasks"]

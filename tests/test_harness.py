@@ -83,7 +83,7 @@ def harness(tmp_path_factory):
         workdir=tmp_path_factory.mktemp("harness"),
         batch_size=BATCH_SIZE,
         max_length=MAX_LENGTH,
-    )
+    ).prepare()
 
 
 @pytest.fixture(scope="module")
@@ -160,13 +160,17 @@ def test_reused_requests_start_empty_at_every_call(harness, scores, model, token
 
 
 def test_limit_evaluates_only_the_first_document(harness, scores, model, tokenizer):
-    limited = Harness(
-        [PerplexityTask("docs", TEXTS)],
-        workdir=harness.workdir,
-        batch_size=BATCH_SIZE,
-        max_length=MAX_LENGTH,
-        limit=1,
-    ).evaluate(model, tokenizer)
+    limited = (
+        Harness(
+            [PerplexityTask("docs", TEXTS)],
+            workdir=harness.workdir,
+            batch_size=BATCH_SIZE,
+            max_length=MAX_LENGTH,
+            limit=1,
+        )
+        .prepare()
+        .evaluate(model, tokenizer)
+    )
     first = perplexity(model, tokenizer, [TEXTS[0]], max_length=MAX_LENGTH)
     assert_agrees(limited["docs"], first)
     assert limited["docs"]["word_perplexity"] != pytest.approx(scores["docs"]["word_perplexity"])
@@ -179,7 +183,7 @@ def test_bos_adding_tokenizer_scores_only_the_text(tmp_path, model, bos_tokenize
         workdir=tmp_path,
         batch_size=BATCH_SIZE,
         max_length=MAX_LENGTH,
-    )
+    ).prepare()
     reference = perplexity(model, bos_tokenizer, list(TEXTS), max_length=MAX_LENGTH)
     assert_agrees(harness.evaluate(model, bos_tokenizer)["docs"], reference)
 
@@ -187,7 +191,9 @@ def test_bos_adding_tokenizer_scores_only_the_text(tmp_path, model, bos_tokenize
 def test_files_are_rewritten_only_when_texts_change(tmp_path, model, tokenizer):
     def make(texts):
         task = PerplexityTask("docs", texts)
-        return Harness([task], workdir=tmp_path, batch_size=BATCH_SIZE, max_length=MAX_LENGTH)
+        return Harness(
+            [task], workdir=tmp_path, batch_size=BATCH_SIZE, max_length=MAX_LENGTH
+        ).prepare()
 
     make(TEXTS[:2])
     files = sorted(tmp_path.glob("docs.*"))
@@ -218,7 +224,7 @@ def test_evaluate_stays_offline_and_leaves_rngs_alone(tmp_path, model, tokenizer
         workdir=tmp_path,
         batch_size=BATCH_SIZE,
         max_length=MAX_LENGTH,
-    )
+    ).prepare()
     lookups = []
     real_getaddrinfo = socket.getaddrinfo
 
@@ -260,8 +266,6 @@ def test_bad_task_raises(name, texts, match):
     [
         ([], {}, "no tasks"),
         ([PerplexityTask("a", ("x",)), PerplexityTask("a", ("y",))], {}, "more than once"),
-        ([PerplexityTask("a", ("x",))], {"max_length": 0}, "max_length"),
-        ([PerplexityTask("a", ("x",))], {"limit": 0}, "limit"),
     ],
 )
 def test_bad_harness_raises(tmp_path, tasks, kwargs, match):
@@ -273,6 +277,27 @@ def test_max_length_beyond_the_model_raises(tmp_path, model, tokenizer):
     too_long = model.config.max_position_embeddings + 1
     harness = Harness(
         [PerplexityTask("a", ("x",))], workdir=tmp_path, batch_size=2, max_length=too_long
-    )
+    ).prepare()
     with pytest.raises(LwqError, match="max_position_embeddings"):
         harness.evaluate(model, tokenizer)
+
+
+def test_an_lm_eval_other_than_the_one_the_overrides_were_written_for_is_refused(monkeypatch):
+    from lwq.evaluation import lm_eval_internals
+
+    lm_eval_internals.check_version()  # the pinned one passes
+    monkeypatch.setattr(lm_eval_internals, "lm_eval_version", lambda: "0.4.99")
+    with pytest.raises(LwqError, match=r"written for 0\.4\.13: pip install lm-eval==0\.4\.13"):
+        lm_eval_internals.check_version()
+
+
+def test_a_harness_does_no_io_until_it_is_prepared(tmp_path, model, tokenizer):
+    """Construction keeps its arguments; `prepare()` is where files are written."""
+    workdir = tmp_path / "tasks"
+    harness = Harness(
+        [PerplexityTask("a", ("x y z",))], workdir=workdir, batch_size=2, max_length=8
+    )
+    assert not workdir.exists()
+    with pytest.raises(LwqError, match=r"call Harness\(...\).prepare\(\) first"):
+        harness.evaluate(model, tokenizer)
+    assert harness.prepare() is harness and (workdir / "a.yaml").is_file()

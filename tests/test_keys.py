@@ -3,9 +3,8 @@ layer was rewritten (so existing results/ resume), and each key moves with what 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from lwq.metrics.cache import _path
+from lwq.metrics import Scores
+from lwq.metrics.cache import store
 from lwq.quant import make_backend
 from lwq.results import keys
 from tests.conftest import compose_config
@@ -37,12 +36,12 @@ def _default_keys(*overrides: str) -> tuple[str, dict, str]:
     return keys.reference_key(model, evaluation), score, sweep
 
 
-def test_the_default_sweeps_keys_are_the_ones_its_records_have():
+def test_the_default_sweeps_keys_are_the_ones_its_records_have(tmp_path):
     reference, score, sweep = _default_keys()
     assert reference == DEFAULT_REFERENCE_KEY
     assert sweep == DEFAULT_LDI_SWEEP_ID
     assert keys.point_key(sweep, 5) == f"{DEFAULT_LDI_SWEEP_ID}-k5"
-    assert _path(Path("cache"), score).name == DEFAULT_LDI_CACHE_FILE
+    assert store(tmp_path, score, Scores((0.0,))).name == DEFAULT_LDI_CACHE_FILE
 
 
 def test_lim_shares_ldis_keys_and_other_settings_do_not():

@@ -23,7 +23,7 @@ def _suite(tmp_path, text_by: str) -> Suite:
         batch_size=4,
         kl_top_k=64,
         text_by=text_by,
-    )
+    ).prepare()
 
 
 @pytest.mark.slow

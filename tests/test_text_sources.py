@@ -41,7 +41,9 @@ def test_a_file_source_is_read_and_named_safely(sources, tmp_path, kind, ref_mod
         "eval.chunk_chars=400",
     )  # composes and passes every check, calibration included
     assert run.calib.text == source
-    suite = Suite(run.eval.spec, data_dir=tmp_path, workdir=tmp_path / "tasks", batch_size=2)
+    suite = Suite(
+        run.eval.spec, data_dir=tmp_path, workdir=tmp_path / "tasks", batch_size=2
+    ).prepare()
     assert suite.task_name == text_task_name("ppl", source)
     assert suite.task_name.startswith("lwq_ppl_file_") and " " not in suite.task_name
     assert suite.provenance()["text"] == source  # the path stays in the record
@@ -61,5 +63,5 @@ def test_two_paths_get_two_task_names_and_a_missing_file_is_refused(tmp_path):
 
 def test_a_suite_without_text_has_no_kl_or_cross_check(tmp_path, data_dir):
     spec = EvalSpec("q", None, 4000, 3, 0, 128, tasks=("piqa",))
-    suite = Suite(spec, data_dir=data_dir, workdir=tmp_path, batch_size=2, kl_top_k=16)
+    suite = Suite(spec, data_dir=data_dir, workdir=tmp_path, batch_size=2, kl_top_k=16).prepare()
     assert suite.kl_top_k is None and suite.cross_check == "none"

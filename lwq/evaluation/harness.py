@@ -1,14 +1,16 @@
 """Evaluate an in-memory model through lm-evaluation-harness's public API, fully offline.
 
-A `Harness` is prepared once per sweep: it writes each task's documents (jsonl) and an
+A `Harness` is prepared once per sweep (`prepare()`, the one place it does I/O; the
+constructor only keeps its arguments): it writes each task's documents (jsonl) and an
 lm-eval task YAML into a work directory, indexes that directory only (`TaskManager`)
 and builds the lm-eval task objects once (data loaded, documents processed).
 `Harness.evaluate` then runs `lm_eval.evaluator.evaluate` on those same objects for each
 model variant, one task at a time (a progress bar per task). Reusing a task object is
 safe: `Task.build_all_requests` replaces its instances on every call, so responses never
 leak from one call into the next. Two pure steps are done once per harness instead of
-once per call: rendering the requests (`_RequestsOnce`: fresh copies of the first call's
-instances, responses empty) and tokenizing each (context, continuation) pair (`_hflm`).
+once per call: rendering the requests (`RequestsOnce`: fresh copies of the first call's
+instances, responses empty) and tokenizing each (context, continuation) pair
+(`encode_once_hflm`); both live in lwq.evaluation.lm_eval_internals with the version check.
 The model is run every time; no response is cached.
 
 `lm_eval.simple_evaluate` is not used: per call it rebuilds every task from its YAML and
@@ -17,11 +19,8 @@ collects environment information (`pip list`, git), ~0.6 s of pure overhead per 
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,14 @@ from tqdm.auto import tqdm
 from lwq.data import seeded_subset
 from lwq.errors import LwqError
 from lwq.evaluation.kinds import TASK_VERSION, BuiltinTask, PerplexityTask, UserTask
+from lwq.evaluation.lm_eval_internals import (
+    RequestsOnce,
+    check_version,
+    encode_once_hflm,
+    go_offline,
+    lm_eval_version,
+    quiet_lm_eval,
+)
 
 __all__ = ["TASK_VERSION", "BuiltinTask", "Harness", "PerplexityTask", "lm_eval_version"]
 
@@ -62,7 +69,6 @@ class Harness:
         include_path: Path | None = None,
     ) -> None:
         _check_tasks(tasks, limit)
-        _check_positive(batch_size=batch_size, max_length=max_length, limit=limit)
         self.tasks = tuple(tasks)
         self.workdir = Path(workdir).resolve()
         self.batch_size = batch_size
@@ -72,14 +78,22 @@ class Harness:
         self.verbose = verbose
         self.include_path = None if include_path is None else Path(include_path).resolve()
         self._lms: dict[tuple, Any] = {}
+        self._loaded: dict[str, Any] | None = None
+        self._samples: dict[str, Any] = {}
+
+    def prepare(self) -> Harness:
+        """Write every task's files, index the work directory and build lm-eval's task
+        objects, once; returns the harness, ready to evaluate."""
+        check_version()  # before anything reaches into lm-eval
         if not any(task.documents() is None for task in self.tasks):
-            _go_offline()  # hub tasks load their data once, below; everything else is local
-        _quiet_lm_eval(verbose)
+            go_offline()  # hub tasks load their data once, below; everything else is local
+        quiet_lm_eval(self.verbose)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for task in self.tasks:
             self._write_task(task)
         self._loaded = self._load_tasks()
         self._samples = {t.name: self._sample(t) for t in self.tasks if _subsets_hub_docs(t)}
+        return self
 
     def evaluate(
         self, model, tokenizer, *, desc: str = "eval", skip: set[str] | frozenset = frozenset()
@@ -91,8 +105,10 @@ class Harness:
         perplexities). Puts `model` in eval mode; the first call with a model also calls
         `model.tie_weights()` and gives `tokenizer` a pad token if it has none (HFLM).
         """
+        if self._loaded is None:
+            raise LwqError("the harness was not prepared; call Harness(...).prepare() first")
         _check_context(model, self.max_length)
-        _go_offline()
+        go_offline()
         model.eval()  # blocks swapped in since the last call may be in training mode
         from lm_eval.evaluator import evaluate
 
@@ -134,7 +150,7 @@ class Harness:
         key = (id(model), id(tokenizer), tuple(sorted(options.items())))
         held = self._lms.get(key)
         if held is None or held[0] is not model or held[1] is not tokenizer:
-            lm = _hflm()(
+            lm = encode_once_hflm()(
                 pretrained=model,
                 tokenizer=tokenizer,
                 batch_size=self.batch_size,
@@ -164,7 +180,7 @@ class Harness:
             if wanted is not None or task.get_config("num_fewshot") is None:
                 task.set_config(key="num_fewshot", value=wanted or 0)
             task.set_fewshot_seed(seed=FEWSHOT_SEED)
-            task.build_all_requests = _RequestsOnce(task)
+            task.build_all_requests = RequestsOnce(task)
         return loaded
 
     def _sample(self, task: BuiltinTask) -> list[int]:
@@ -211,71 +227,6 @@ def _load(manager, names: list[str], *, from_hub: bool) -> dict[str, Any]:
         ) from err
 
 
-def lm_eval_version() -> str:
-    return metadata.version("lm_eval")
-
-
-class _RequestsOnce:
-    """Replaces one task object's `build_all_requests`: render at the first call only.
-
-    Rendering (Jinja templates per document) depends only on the documents and the call's
-    arguments, never on the model, so later calls with the same arguments get fresh
-    copies of the first call's instances (`resps` and `filtered_resps` empty, as built).
-    """
-
-    def __init__(self, task) -> None:
-        self._task = task
-        self._build = task.build_all_requests  # the bound method of the class
-        self._arguments: str | None = None
-        self._built: list = []
-
-    def __call__(self, **arguments) -> None:
-        key = repr(sorted(arguments.items()))
-        if key != self._arguments:
-            self._build(**arguments)
-            self._built = [_fresh(instance) for instance in self._task._instances]
-            self._arguments = key
-        self._task._instances = [_fresh(instance) for instance in self._built]
-
-
-def _fresh(instance):
-    return dataclasses.replace(instance, resps=[], filtered_resps={})
-
-
-def _hflm():
-    """HFLM that tokenizes each (context, continuation) pair once in its lifetime.
-
-    `_encode_pair` is a pure function of the two strings for a fixed tokenizer and its
-    lists are only read afterwards (HFLM._loglikelihood_tokens copies them).
-    """
-    from lm_eval.models.huggingface import HFLM
-
-    class EncodeOnceHFLM(HFLM):
-        lwq_quiet = False  # True: no progress bar per request type (the sweep has its own)
-
-        def loglikelihood(self, requests, disable_tqdm: bool = False):
-            return super().loglikelihood(requests, disable_tqdm or self.lwq_quiet)
-
-        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            return super().loglikelihood_rolling(requests, disable_tqdm or self.lwq_quiet)
-
-        def generate_until(self, requests, disable_tqdm: bool = False):
-            return super().generate_until(requests, disable_tqdm or self.lwq_quiet)
-
-        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **options):
-            # loglikelihood_rolling asks for a bar per batch of windows whatever it is told
-            quiet = disable_tqdm or self.lwq_quiet
-            return super()._loglikelihood_tokens(requests, disable_tqdm=quiet, **options)
-
-        def _encode_pair(self, context: str, continuation: str):
-            pairs = self.__dict__.setdefault("_lwq_pairs", {})
-            if (context, continuation) not in pairs:
-                pairs[context, continuation] = super()._encode_pair(context, continuation)
-            return pairs[context, continuation]
-
-    return EncodeOnceHFLM
-
-
 def _subsets_hub_docs(task: Task) -> bool:
     return isinstance(task, BuiltinTask) and task.docs is None and task.limit is not None
 
@@ -287,32 +238,6 @@ def _task_scores(result: dict[str, Any]) -> dict[str, float]:
         for key, value in result.items()
         if "," in key and not isinstance(value, str)
     }
-
-
-def _go_offline() -> None:
-    """Keep lm-eval's `datasets` from the network (it pings the Hub on every load_dataset).
-
-    Both libraries read these variables once, at import, and transformers usually has
-    imported huggingface_hub already, so set their flags as well as the variables.
-    Tasks on hub data are loaded (downloaded) once, in `Harness.__init__`, before this.
-    """
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import datasets.config
-    import huggingface_hub.constants
-
-    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
-    huggingface_hub.constants.HF_HUB_OFFLINE = True
-
-
-def _quiet_lm_eval(verbose: bool) -> None:
-    """lm-eval's info lines and known warnings (an in-memory model "is not of type str")
-    and `datasets`' "Generating test split" bars say nothing a sweep's own progress does
-    not; `verbose` keeps lm-eval's warnings."""
-    import datasets
-
-    logging.getLogger("lm_eval").setLevel(logging.WARNING if verbose else logging.ERROR)
-    datasets.disable_progress_bars()
 
 
 def _write_if_changed(path: Path, text: str) -> None:
@@ -333,12 +258,6 @@ def _check_tasks(tasks: list[Task], limit: int | None) -> None:
         raise LwqError(f"task names {twice} given more than once; names must be unique")
     if limit is not None and any(_subsets_hub_docs(task) for task in tasks):
         raise LwqError("give either the harness a limit or the hub tasks theirs, not both")
-
-
-def _check_positive(**values: int | None) -> None:
-    for key, value in values.items():
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise LwqError(f"{key} must be a positive integer, got {value!r}")
 
 
 def _check_context(model, max_length: int) -> None:

@@ -10,7 +10,6 @@ A suite (`conf/eval/<name>.yaml`) has up to two parts:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -18,12 +17,14 @@ from pathlib import Path
 
 from lwq.data import chunk_documents, load_texts, seeded_subset, source_files
 from lwq.errors import LwqError
+from lwq.evaluation import dummy
 from lwq.evaluation.divergence import KLMeter, ReferenceTopK, TopKCollector
 from lwq.evaluation.harness import Harness, PerplexityTask, lm_eval_version
 from lwq.evaluation.index import load_index
 from lwq.evaluation.local_data import FILES, local_files
 from lwq.evaluation.perplexity import perplexity, token_windows
 from lwq.evaluation.tasks import averaged, check_source, resolve_tasks, user_task_names
+from lwq.runtime import digest
 
 CROSS_CHECK_TOLERANCE = 1e-3  # relative; float32 batching noise is ~1e-6
 KL_VERSION = 1  # of the stored reference's layout; bump when it changes
@@ -85,7 +86,7 @@ class EvalSpec:
         return self.limits.get(task, self.limit)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
+        return digest(self.identity(), 12)
 
 
 CROSS_CHECKS = ("reference", "all", "none")
@@ -99,7 +100,8 @@ class Suite:
     """lm-eval on the prepared tasks; on the held-out text also lwq's own perplexity pass,
     which measures the KL divergence from the unquantized model and cross-checks lm-eval.
 
-    All data is read, converted and subset here, once; `workdir/<spec digest>/` holds
+    All data is read, converted and subset by `prepare()`, once (the constructor does no
+    I/O and checks nothing the config checked already); `workdir/<spec digest>/` holds
     the suite's task files, so suites of parallel jobs never overwrite each other's.
     `cross_check` says on which points lwq's own pass runs when no KL needs it:
     `reference` (the unquantized model), `all` or `none`. `kl_top_k` (None = no KL) is
@@ -118,23 +120,28 @@ class Suite:
         verbose: bool = False,
         text_by: str = "lm-eval",
     ) -> None:
-        if text_by not in TEXT_ENGINES:
-            raise LwqError(f"eval.text_by={text_by}; use one of {', '.join(TEXT_ENGINES)}")
-        self.text_by = text_by
-        if cross_check not in CROSS_CHECKS:
-            raise LwqError(f"eval.cross_check={cross_check}; use one of {', '.join(CROSS_CHECKS)}")
         self.spec = spec
         self.data_dir = Path(data_dir)
+        self.workdir = Path(workdir)
         self.batch_size = batch_size
+        self.verbose = verbose
+        self.text_by = text_by
         self.cross_check = cross_check if spec.text else "none"
         self.kl_top_k = kl_top_k if spec.text else None
         self.reference: ReferenceTopK | None = None
         self.texts: list[str] = []
         self.task_name = None
         self._counts: dict[str, int] = {}
+        self.requested = None
+        self.harness = None
+
+    def prepare(self) -> Suite:
+        """Read, convert and subset the data and prepare the tasks, once (the suite's only
+        I/O); an unknown task or a missing file stops here, before any model loads."""
+        spec = self.spec
         tasks = []
         if spec.text:
-            chunks = chunk_documents(load_texts(spec.text, data_dir), spec.chunk_chars)
+            chunks = chunk_documents(load_texts(spec.text, self.data_dir), spec.chunk_chars)
             self.texts = seeded_subset(chunks, spec.limit, spec.seed)
             self.task_name = text_task_name(spec.name, spec.text)
             tasks.append(PerplexityTask(self.task_name, tuple(self.texts)))
@@ -152,15 +159,19 @@ class Suite:
             index=lambda: load_index(),
         )
         tasks += self.requested.tasks
+        if spec.name == dummy.NAME:  # numbers from the weights, no lm-eval (lwq.evaluation.dummy)
+            self.harness = dummy.DummyHarness(tasks)
+            return self
         self.harness = Harness(
             tasks,
-            workdir=Path(workdir) / spec.digest(),
-            batch_size=batch_size,
+            workdir=self.workdir / spec.digest(),
+            batch_size=self.batch_size,
             max_length=spec.max_length,
             bootstrap_iters=spec.bootstrap_iters,
-            verbose=verbose,
+            verbose=self.verbose,
             include_path=include,
-        )
+        ).prepare()
+        return self
 
     def prepare_reference(self, model, tokenizer, cache: Path) -> None:
         """The unquantized model's top-k distributions on the held-out text, for KL: read
@@ -232,6 +243,8 @@ class Suite:
     def _groups(self, leaves: dict[str, dict]) -> dict[str, dict]:
         """Each requested group's numbers, aggregated over its tasks as lm-eval does
         (its own aggregate_subtask_metrics and pooled stderr, by size where it weighs)."""
+        if not self.requested.groups:
+            return {}
         from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
 
         sizes = self.harness.items()

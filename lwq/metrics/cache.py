@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 from lwq.errors import LwqError
 from lwq.metrics.base import Scores
+from lwq.runtime import digest
 
 
 def _path(cache_dir: Path, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / "scores" / f"{key['metric']}-{digest}.json"
+    return Path(cache_dir) / "scores" / f"{key['metric']}-{digest(key, 16)}.json"
 
 
 def load_cached(cache_dir: Path, key: dict) -> Scores | None:
@@ -47,13 +46,3 @@ def store(cache_dir: Path, key: dict, scores: Scores) -> Path:
     tmp.write_text(json.dumps(payload, indent=1))
     os.replace(tmp, path)
     return path
-
-
-def cached_scores(cache_dir: Path, key: dict, compute) -> tuple[Scores, bool]:
-    """(scores, was_cached): `compute()` runs only on a cache miss."""
-    hit = load_cached(cache_dir, key)
-    if hit is not None:
-        return hit, True
-    scores = compute()
-    store(cache_dir, key, scores)
-    return scores, False
