@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: the real config, the committed reference model, the data
-dir, the records of a results dir and the calibration windows of the reference corpus."""
+dir, the records of a results dir, the calibration windows of the reference corpus and
+run.py's refusal of bad input."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def compose_config(*overrides: str) -> RunConfig:
     """The checked RunConfig of `python run.py <overrides>`, composed exactly as run.py does."""
     return compose_run(*overrides)
+
+
+def refused_by_run_py(capsys, *argv: str) -> str:
+    """The one stderr line with which `python run.py <argv>` stops on bad input before Hydra
+    starts (exit code 2): run.py's own check, run in process (no Python start-up)."""
+    from run import check_before_hydra, command_words_to_overrides
+
+    with pytest.raises(SystemExit) as stopped:
+        check_before_hydra(command_words_to_overrides(list(argv)))
+    assert stopped.value.code == 2
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
 
 
 def small_run_overrides(tmp_path: Path) -> list[str]:

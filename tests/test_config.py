@@ -16,8 +16,8 @@ from lwq.config import COMMANDS, RunConfig
 from lwq.errors import LwqError
 from lwq.metrics import METRICS
 from lwq.quant import BACKENDS, make_backend
-from run import command_words_to_overrides
-from tests.conftest import CONF, REF_MODEL, ROOT, compose_config
+from run import check_before_hydra, command_words_to_overrides
+from tests.conftest import CONF, REF_MODEL, ROOT, compose_config, refused_by_run_py
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 GLOBAL = ("experiment", "ordering")  # bundles of other groups' choices: test_experiments.py
@@ -121,15 +121,21 @@ BAD_INPUT = [
 ]
 
 
-def _run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    results = tmp_path / "results"
-    return subprocess.run(
-        [sys.executable, "run.py", "tracking=none", f"paths.results={results}", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+# Let through by run.py's check before Hydra, refused by the command inside Hydra's main.
+REFUSED_BY_THE_COMMAND = (["dry_run=true", "command=scores"], "scores has nothing to plan")
+# One case per layer of checks runs `python run.py` itself; every case of BAD_INPUT runs
+# run.py's own check (check_before_hydra) in process, without a Python start-up each.
+THROUGH_RUN_PY = [
+    (["metric=nope"], "unknown metric 'nope'"),  # composing the config (lwq.config)
+    (["paths.data=/no/such/dir", "eval=quick"], "data file /no/such/dir"),  # check_inputs
+    REFUSED_BY_THE_COMMAND,
+]
+
+
+def _cli(tmp_path: Path, *overrides: str) -> list[str]:
+    """run.py's overrides for a bad input: results in tmp, the committed checkpoint."""
+    results = f"paths.results={tmp_path / 'results'}"
+    return ["tracking=none", results, f"model.path={REF_MODEL}", *overrides]
 
 
 def _results_with_an_earlier_record(tmp_path: Path) -> Path:
@@ -139,12 +145,17 @@ def _results_with_an_earlier_record(tmp_path: Path) -> Path:
     return record
 
 
-def _unchanged(tmp_path: Path, record: Path) -> bool:
-    files = sorted(p.name for p in (tmp_path / "results").rglob("*"))
-    return record.read_text() == '{"point_key": "earlier", "schema": 1}\n' and files == [
-        "records.jsonl",
-        "ref-tiny",
-    ]
+def _unchanged(tmp_path: Path, record: Path, hydra_logs: bool = False) -> bool:
+    """The earlier record and nothing else (but Hydra's own logs, once Hydra has started)."""
+    results = tmp_path / "results"
+    paths = [p.relative_to(results) for p in results.rglob("*")]
+    files = sorted(p.name for p in paths if p.parts[0] != "hydra")
+    logs = (results / "hydra").exists()
+    return (
+        record.read_text() == '{"point_key": "earlier", "schema": 1}\n'
+        and files == ["records.jsonl", "ref-tiny"]
+        and logs == hydra_logs
+    )
 
 
 @pytest.mark.parametrize(
@@ -153,25 +164,50 @@ def _unchanged(tmp_path: Path, record: Path) -> bool:
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, overrides, phrase):
     record = _results_with_an_earlier_record(tmp_path)
     with pytest.raises(LwqError) as refused:
-        results = f"paths.results={tmp_path / 'results'}"
-        run(compose_config("tracking=none", results, f"model.path={REF_MODEL}", *overrides))
+        run(compose_config(*_cli(tmp_path, *overrides)))
     assert phrase in str(refused.value) and "\n" not in str(refused.value)
+    assert _unchanged(tmp_path, record)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "phrase"), BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT]
+)
+def test_run_py_refuses_bad_input_before_hydra_in_one_line_and_exit_2(
+    tmp_path, capsys, overrides, phrase
+):
+    record = _results_with_an_earlier_record(tmp_path)
+    assert phrase in refused_by_run_py(capsys, *_cli(tmp_path, *overrides))
+    assert _unchanged(tmp_path, record)
+
+
+def test_a_commands_own_check_refuses_what_run_py_lets_through(tmp_path, capsys):
+    overrides, phrase = REFUSED_BY_THE_COMMAND
+    record = _results_with_an_earlier_record(tmp_path)
+    check_before_hydra(_cli(tmp_path, *overrides))  # passes: the command refuses it
+    assert capsys.readouterr().err == ""
+    with pytest.raises(LwqError, match=phrase):
+        run(compose_config(*_cli(tmp_path, *overrides)))
     assert _unchanged(tmp_path, record)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("overrides", "phrase"), BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT]
+    ("overrides", "phrase"), THROUGH_RUN_PY, ids=[" ".join(o) for o, _ in THROUGH_RUN_PY]
 )
 def test_bad_input_on_the_command_line_is_one_line_and_exit_2(tmp_path, overrides, phrase):
     record = _results_with_an_earlier_record(tmp_path)
-    proc = _run(tmp_path, f"model.path={REF_MODEL}", *overrides)
+    proc = subprocess.run(
+        [sys.executable, "run.py", *_cli(tmp_path, *overrides)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
-    assert phrase in lines[0], lines[0]
-    assert _unchanged(tmp_path, record)
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: ") and phrase in lines[0], lines[0]
+    assert _unchanged(tmp_path, record, hydra_logs=overrides == REFUSED_BY_THE_COMMAND[0])
 
 
 def test_a_plan_file_for_another_model_is_refused(tmp_path):

@@ -14,16 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from lwq.commands import run as run_command
 from lwq.commands.export import _plan, run_export
 from lwq.config import compose_run
 from lwq.errors import LwqError
-from lwq.export.gguf_file import DEFAULT_TYPES, block_types, tensor_type_rules
+from lwq.export.gguf_file import block_types, tensor_type_rules
 from lwq.llama_cpp import final_perplexity, locate
 from lwq.metrics import ranking
 from lwq.metrics.position import position_scores
 from lwq.plan import Plan
 from lwq.quant import make_backend
-from tests.conftest import ROOT, missing
+from lwq.quant.gguf_types import DEFAULT_TYPES
+from tests.conftest import ROOT, missing, refused_by_run_py
 from tools.packaged_model import PACKAGED
 
 SMOLLM2 = ROOT / PACKAGED["smollm2-135m"].out
@@ -81,14 +83,26 @@ def test_bad_export_input_is_one_line_and_exit_2_before_anything_loads(tmp_path)
     assert no_tools.returncode == 2
     assert no_tools.stderr.strip().count("\n") == 0
     assert "llama-quantize" in no_tools.stderr and "LWQ_LLAMA_CPP" in no_tools.stderr
+
+
+def test_an_export_without_a_plan_or_with_too_many_blocks_is_refused_by_run_py(tmp_path, capsys):
     tools()
-    no_plan = _run("export", f"paths.results={tmp_path}")
-    assert no_plan.returncode == 2 and "export.k=<blocks at sweep.low>" in no_plan.stderr
-    too_many = _run("export", "export.k=13", f"paths.results={tmp_path}")
-    assert too_many.returncode == 2 and "ref-tiny has 12 blocks" in too_many.stderr
+    results = f"paths.results={tmp_path}"
+    assert "export.k=<blocks at sweep.low>" in refused_by_run_py(capsys, "export", results)
+    too_many = refused_by_run_py(capsys, "export", "export.k=13", results)
+    assert "ref-tiny has 12 blocks" in too_many
+
+
+@pytest.mark.slow
+def test_a_tokenizer_llama_cpp_cannot_convert_is_one_line_and_leaves_no_file(tmp_path):
     # ref-tiny's tokenizer is our own: llama.cpp's converter cannot write it, and says so
-    unknown = _run("export", "export.k=3", "metric=position", f"paths.results={tmp_path}")
-    assert unknown.returncode == 2 and "does not know the tokenizer" in unknown.stderr
+    tools()
+    run = compose_run(
+        "command=export", "export.k=3", "metric=position", f"paths.results={tmp_path}"
+    )
+    with pytest.raises(LwqError, match="does not know the tokenizer") as refused:
+        run_command(run)  # what run.py's main runs; it prints the LwqError as one line
+    assert "\n" not in str(refused.value)
     assert not [p for p in (tmp_path / "exports").rglob("*") if p.is_file()]  # no partial file
 
 

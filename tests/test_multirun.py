@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from tests.conftest import REF_MODEL, ROOT, records
 from tests.shrunk import shrunk_model
 
-pytestmark = pytest.mark.slow  # each job is a process that imports torch and lm-eval
+pytestmark = pytest.mark.slow  # each job is a process that imports torch
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,7 @@ def _multirun(tmp_path, model_dir, *sweeps: str) -> subprocess.CompletedProcess:
         "model.max_length=128",
         "calib.samples=2",
         "calib.seq_len=32",
+        "eval=dummy",  # numbers from the weights (lwq.evaluation.dummy): no lm-eval per job
         "eval.limit=1",
         "eval.chunk_chars=600",
         "sweep.fractions=[0,1]",

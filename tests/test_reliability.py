@@ -1,13 +1,23 @@
-"""Reliability of whole sweeps (run.py in subprocesses, as on a cluster): records survive
-SIGKILL at random moments, concurrent sweeps share points without evaluating any twice,
-a dead process's claim is taken over, SIGTERM stops cleanly, failed points are recorded
-and retried, and the same command gives the same records in two fresh directories."""
+"""Reliability of whole sweeps (run.py in separate processes, as on a cluster): records
+survive SIGKILL at random moments, concurrent sweeps share points without evaluating any
+twice, a dead process's claim is taken over, SIGTERM stops cleanly, failed points are
+recorded and retried, and the same command gives the same records in two fresh directories.
+
+The sweeps evaluate with `eval=dummy` (numbers from a hash of the installed weights,
+lwq.evaluation.dummy): a point takes milliseconds, and a resumed sweep that installed a
+different plan or lost a number still differs from the uninterrupted one. The killed
+processes are forked from a server that imported lwq once (multiprocessing's forkserver)
+and run run.py as `python run.py` does: real processes, signals and exit codes, without
+paying ~8 s of CPU for imports in each. The uninterrupted reference is a real `python run.py`.
+"""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import random
+import runpy
 import signal
 import subprocess
 import sys
@@ -21,37 +31,74 @@ from lwq.errors import PointsFailed
 from lwq.results.store import RecordStore
 from tests.conftest import REF_MODEL, ROOT, compose_config
 
-pytestmark = pytest.mark.slow  # each test runs several sweeps as processes
+# Not marked slow: with the dummy evaluation the whole file takes about a minute, and
+# these are the contracts (resume, stop, claims) `make test-fast` must keep.
 
 SWEEP = [
     f"model.path={REF_MODEL}",
     "tracking=none",
-    "sweep.fractions=[0,0.2,0.4,0.6,0.8,1]",
+    "eval=dummy",
+    "sweep.fractions=null",
+    f"sweep.blocks=[{','.join(str(k) for k in range(13))}]",  # every k: room for 5 kills
     "eval.limit=2",
     "eval.chunk_chars=1500",
     "calib.samples=4",
     "calib.seq_len=64",
 ]
-POINTS = 7  # the reference and six fractions
+POINTS = 14  # the reference and k = 0..12
+KILL_WITHIN = 0.06  # seconds after a claim; a point takes ~0.04 s with eval=dummy
 VOLATILE = ("time", "seconds", "quantize_seconds", "eval_memory", "quantize_memory", "checksum")
+FORKS = multiprocessing.get_context("forkserver")
+FORKS.set_forkserver_preload(["lwq.commands", "run"])  # what `python run.py` imports
 
 
-def _start(results: Path, *extra: str) -> subprocess.Popen:
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "run.py", *SWEEP, f"paths.results={results}", *extra],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _run_py(argv: list[str], stderr: str) -> None:
+    """`python run.py <argv>` in a forked process: stdout dropped, stderr to a file, the
+    exit code run.py gives (its sys.exit becomes the process's exit code)."""
+    import torch
+
+    torch.set_num_threads(1)  # two sweeps at once on two cores
+    os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    os.chdir(ROOT)
+    sys.argv = ["run.py", *argv]
+    runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
 
 
-def _finish(results: Path, *extra: str) -> subprocess.CompletedProcess:
-    process = _start(results, *extra)
-    _, stderr = process.communicate(timeout=900)
-    return subprocess.CompletedProcess(process.args, process.returncode, "", stderr)
+class Sweep:
+    """One sweep of SWEEP in a forked process (see `_run_py`)."""
+
+    def __init__(self, results: Path) -> None:
+        self.stderr_path = results.parent / f"stderr-{time.monotonic_ns()}.txt"
+        results.parent.mkdir(parents=True, exist_ok=True)
+        argv = [*SWEEP, f"paths.results={results}"]
+        self.process = FORKS.Process(target=_run_py, args=(argv, str(self.stderr_path)))
+        self.process.start()
+
+    def running(self) -> bool:
+        return self.process.is_alive()
+
+    def send_signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def wait(self, timeout: float = 900) -> int | None:
+        self.process.join(timeout)
+        return self.returncode
+
+    @property
+    def returncode(self) -> int | None:
+        """run.py's exit code, -N when signal N killed the process, None while it runs."""
+        return self.process.exitcode
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+
+def _finish(results: Path) -> Sweep:
+    sweep = Sweep(results)
+    sweep.wait()
+    return sweep
 
 
 def _store(results: Path) -> RecordStore:
@@ -67,16 +114,25 @@ def _comparable(record: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict[str, dict]:
+    """The sweep's records from `python run.py` itself, uninterrupted."""
     results = tmp_path_factory.mktemp("uninterrupted") / "results"
-    assert _finish(results).returncode == 0
+    done = subprocess.run(
+        [sys.executable, "run.py", *SWEEP, f"paths.results={results}"],
+        cwd=ROOT,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
     return {r["point_key"]: r for r in _store(results).read()}
 
 
-def _wait_for_a_claim(results: Path, process: subprocess.Popen, seen: set) -> bool:
+def _wait_for_a_claim(results: Path, process: Sweep, seen: set) -> bool:
     """Until the process claims a point it did not claim before (False if it ended).
     Only point claims count: the claim of a point's plan is taken with it."""
     claims = results / "ref-tiny" / "claims"
-    while process.poll() is None:
+    while process.running():
         now = {p.name for p in claims.glob("*.claim")} if claims.is_dir() else set()
         new = {name for name in now - seen if _is_point_claim(name)}
         if new:
@@ -93,13 +149,13 @@ def _is_point_claim(name: str) -> bool:
 def test_sigkill_at_random_moments_loses_nothing_and_changes_no_number(tmp_path, uninterrupted):
     results, rng, kills, seen = tmp_path / "results", random.Random(7), 0, set()
     while kills < 5:
-        process = _start(results)
+        process = Sweep(results)
         if _wait_for_a_claim(results, process, seen):
-            time.sleep(rng.uniform(0.0, 0.3))  # a point takes ~0.25 s: mid-point or its record
+            time.sleep(rng.uniform(0.0, KILL_WITHIN))  # mid-point or its record
             process.send_signal(signal.SIGKILL)
             kills += process.wait() == -signal.SIGKILL
         else:
-            pytest.fail(f"the sweep ended before kill {kills + 1}: {process.stderr.read()}")
+            pytest.fail(f"the sweep ended before kill {kills + 1}: {process.stderr}")
     for _ in range(3):
         if _finish(results).returncode == 0:
             break
@@ -114,8 +170,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_changes_no_number(tmp_path,
 
 def test_two_sweeps_at_once_record_every_point_exactly_once(tmp_path, uninterrupted):
     results = tmp_path / "results"
-    first, second = _start(results), _start(results)
-    assert first.wait(timeout=900) == 0 and second.wait(timeout=900) == 0
+    first, second = Sweep(results), Sweep(results)
+    assert first.wait() == 0 and second.wait() == 0
     records = _store(results).read()
     keys = [r["point_key"] for r in records]
     assert sorted(keys) == sorted(uninterrupted) and len(keys) == POINTS
@@ -124,7 +180,7 @@ def test_two_sweeps_at_once_record_every_point_exactly_once(tmp_path, uninterrup
 
 def test_the_claim_of_a_killed_process_is_taken_over(tmp_path, uninterrupted):
     results = tmp_path / "results"
-    owner, seen = _start(results), set()
+    owner, seen = Sweep(results), set()
     assert _wait_for_a_claim(results, owner, seen)
     owner.send_signal(signal.SIGKILL)
     owner.wait()
@@ -139,11 +195,11 @@ def test_the_claim_of_a_killed_process_is_taken_over(tmp_path, uninterrupted):
 
 def test_sigterm_stops_cleanly_and_a_rerun_completes(tmp_path, uninterrupted):
     results, seen = tmp_path / "results", set()
-    process = _start(results)
+    process = Sweep(results)
     assert _wait_for_a_claim(results, process, seen)
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 3, stderr
+    assert process.wait(timeout=120) == 3, process.stderr
+    stderr = process.stderr
     lines = [line for line in stderr.splitlines() if line.startswith("stopped by")]
     assert len(lines) == 1 and "run the same command again to resume" in lines[0], stderr
     recorded = len(_store(results).done_keys())
@@ -193,7 +249,7 @@ def test_a_failing_point_is_recorded_the_sweep_goes_on_and_a_rerun_retries(tmp_p
 
     monkeypatch.setattr(Suite, "evaluate", flaky)
     run = compose_config(*SWEEP, f"paths.results={tmp_path / 'results'}")
-    with pytest.raises(PointsFailed, match="1 of 7 points failed"):
+    with pytest.raises(PointsFailed, match=f"1 of {POINTS} points failed"):
         run_sweep(run)
     store = _store(tmp_path / "results")
     failed = [r for r in store.read() if r.get("status") == "failed"]
@@ -212,3 +268,12 @@ def test_records_name_their_provenance(uninterrupted):
         "model.safetensors": json.loads((REF_MODEL / "card.json").read_text())["weights_sha256"]
     }
     assert "ref-heldout" in record["data_sha256"] and "ref-calib" in record["data_sha256"]
+
+
+def test_the_dummy_evaluation_tells_every_plan_apart(uninterrupted):
+    """What makes the comparisons above fail on a lost or changed point: each plan of the
+    sweep has its own numbers (from its weights), in the fields a real text task writes."""
+    tasks = [r["eval"]["tasks"]["lwq_dummy_ref_heldout"] for r in uninterrupted.values()]
+    assert len({t["byte_perplexity"] for t in tasks}) == POINTS
+    fields = {"byte_perplexity", "word_perplexity", "bits_per_byte", "token_perplexity"}
+    assert all(t.keys() == fields for t in tasks)

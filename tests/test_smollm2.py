@@ -19,7 +19,7 @@ from lwq.modeling.gguf import SOURCE_FILE, tensor_types
 from lwq.quant import make_backend
 from lwq.quant.rtn import quantize_rows
 from lwq.results.store import RecordStore
-from tests.conftest import ROOT, missing
+from tests.conftest import ROOT, missing, refused_by_run_py
 from tools.packaged_model import PACKAGED, gguf_path
 
 MODEL = PACKAGED["smollm2-135m"]
@@ -156,14 +156,12 @@ def test_one_sweep_point_on_the_real_model(checkpoint, data_dir, tmp_path):
     assert point["weights_source"]["sha256"] == MODEL.sha256
 
 
-def test_a_missing_checkpoint_names_the_command_that_makes_it(tmp_path):
-    done = _run("model=smollm2-135m", f"model.path={tmp_path / 'nowhere'}")
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and "make smollm2" in lines[0], done.stderr
+def test_a_missing_checkpoint_names_the_command_that_makes_it(tmp_path, capsys):
+    missing_model = ["model=smollm2-135m", f"model.path={tmp_path / 'nowhere'}"]
+    assert "make smollm2" in refused_by_run_py(capsys, "tracking=none", *missing_model)
 
 
-def test_a_missing_gguf_file_is_one_line(tmp_path):
-    done = _run(f"model.path={ROOT / 'models' / 'ref-tiny'}", "model.gguf_file=absent.gguf")
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert "model.gguf_file=absent.gguf is not in" in lines[0]
+def test_a_missing_gguf_file_is_one_line(tmp_path, capsys):
+    missing_file = [f"model.path={ROOT / 'models' / 'ref-tiny'}", "model.gguf_file=absent.gguf"]
+    line = refused_by_run_py(capsys, "tracking=none", *missing_file)
+    assert "model.gguf_file=absent.gguf is not in" in line

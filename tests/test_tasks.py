@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from lwq.evaluation.harness import Harness, task_config
 from lwq.evaluation.local_data import read_local
 from lwq.evaluation.suite import EvalSpec, Suite
 from lwq.evaluation.tasks import BENCHMARKS, benchmark_task
-from tests.conftest import REF_MODEL, ROOT
+from tests.conftest import REF_MODEL, refused_by_run_py
 
 LIMIT = 30  # items per task: at chance, P(acc == 0) on 4 choices is 0.75**30 ~ 2e-4
 LIMITS = {"wikitext": 1, "hellaswag": 24}  # a whole article; 4 long endings per item
@@ -39,7 +37,7 @@ def suite(data_dir, tmp_path_factory):
         workdir=tmp_path_factory.mktemp("tasks"),
         batch_size=8,
         cross_check="all",  # no text: nothing to cross-check, so it is off
-    )
+    ).prepare()
 
 
 @pytest.fixture(scope="module")
@@ -212,18 +210,11 @@ def test_bad_sources_and_stray_settings_are_one_line():
         spec(tasks=("piqa",), num_fewshot={"arc_easy": 3})
 
 
-@pytest.mark.slow
-def test_unknown_task_from_the_command_line(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "run.py", "eval=quick", "eval.tasks=[piqa,hellaswga]"]
-        + [f"model.path={REF_MODEL}", "tracking=none", f"paths.results={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2
-    assert "unknown eval task 'hellaswga' (did you mean 'hellaswag'?)" in proc.stderr
+def test_unknown_task_from_the_command_line(tmp_path, capsys):
+    tasks = ["eval=quick", "eval.tasks=[piqa,hellaswga]"]
+    run = [f"model.path={REF_MODEL}", "tracking=none", f"paths.results={tmp_path}"]
+    line = refused_by_run_py(capsys, *tasks, *run)
+    assert "unknown eval task 'hellaswga' (did you mean 'hellaswag'?)" in line
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS.names()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,9 @@ def load_split(split: str, root: Path | None = None) -> list[Document]:
 @functools.lru_cache(maxsize=8)
 def _read_split(split: str, root: Path) -> tuple[Document, ...]:
     """Read once a process: a sweep wants the same split for its suite, its calibration
-    and their digests, and walking the library costs ~1 s each time."""
+    and their digests."""
     docs = []
-    for path in sorted(root.rglob("*.py")):
+    for path in _python_files(root):
         rel = path.relative_to(root)
         if not _is_included(rel) or split_of(rel.as_posix()) != split:
             continue
@@ -76,3 +77,13 @@ def _read_split(split: str, root: Path) -> tuple[Document, ...]:
         if text.strip():
             docs.append(Document(rel.as_posix(), text))
     return tuple(docs)
+
+
+def _python_files(root: Path) -> list[Path]:
+    """Every .py file under `root`, sorted, not descending into excluded directories:
+    site-packages alone can hold tens of thousands of files that would all be left out."""
+    files = []
+    for folder, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in _EXCLUDED_PARTS]
+        files += [Path(folder, name) for name in names if name.endswith(".py")]
+    return sorted(files)
