@@ -49,3 +49,14 @@ bench-smollm2: smollm2  ## the per-model sections on SmolLM2-135M, added to benc
 	$(PYTHON) -m bench --section roofline model=smollm2-135m eval.limit=8
 	$(PYTHON) -m bench --section stages model=smollm2-135m eval.limit=4
 	$(PYTHON) -m bench --section memory model=smollm2-135m eval.limit=4
+
+.PHONY: slurm-up slurm-down test-slurm
+
+slurm-up:  ## a throw-away single-node SLURM cluster with slurmdbd in /tmp/lwq-slurm (root; apt-installs the packages if missing: ~13 s, else ~3 s); prints the `export SLURM_CONF=...` line
+	$(PYTHON) tools/slurm_cluster.py up
+
+slurm-down:  ## cancel its jobs, stop every daemon of `make slurm-up` by its PID and check that none is left (~3 s)
+	$(PYTHON) tools/slurm_cluster.py down
+
+test-slurm:  ## the tests marked slurm (tests/test_slurm_cluster.py); their fixture starts the cluster and stops it (~60-80 s)
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -m slurm tests/test_slurm_cluster.py

@@ -12,6 +12,7 @@ reason; run the same command again to retry them).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -49,6 +50,10 @@ def main(cfg: DictConfig) -> None:
         run(from_hydra(cfg))
     except (LwqError, Stopped, PointsFailed) as err:
         code = {Stopped: STOPPED, PointsFailed: POINTS_FAILED}.get(type(err), BAD_INPUT)
+        if code == STOPPED and os.environ.get("SLURM_JOB_ID"):
+            # under SLURM a stop is a requeue or a pre-emption: exit without a result, so
+            # submitit waits for the requeued job (which resumes) instead of failing this one
+            fail(err, code)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # one job of several: say why in one line and let Hydra record this job as
             # failed; the other jobs go on, and the multirun reports the failure at its end
@@ -64,7 +69,7 @@ def check_before_hydra(overrides: list[str]) -> None:
     errors span several) and writes nothing."""
     if any(arg.startswith("-") for arg in overrides):
         return  # Hydra's own flags (--multirun, --cfg, --help, ...): Hydra handles them
-    from lwq.commands.context import check_inputs
+    from lwq.commands.preflight import check_inputs
 
     try:
         run = compose_run(*overrides)
