@@ -39,15 +39,18 @@ def tokens_per_second(model, ids: torch.Tensor, batch_size: int = 8) -> float:
     return ids.numel() / best
 
 
-def bench_backends(run: RunConfig) -> dict:
-    """{backend: {bits: {quantize_seconds, tokens_per_second, weight_bytes}}} plus 16-bit."""
+def bench_backends(
+    run: RunConfig, heldout_pieces: int = HELDOUT_PIECES, speed_samples: int = 16
+) -> dict:
+    """{backend: {bits: {quantize_seconds, tokens_per_second, weight_bytes}}} plus 16-bit.
+    The tests shrink `heldout_pieces` and `speed_samples` (what is measured stays)."""
     model, tokenizer, blocks, _ = load(run)
     texts = load_texts(run.calib.text, run.paths.data)
-    ids = calibration_ids(texts, tokenizer, samples=16, seq_len=256, seed=0)
+    ids = calibration_ids(texts, tokenizer, samples=speed_samples, seq_len=256, seed=0)
     c = run.calib
     calib = calibration_ids(texts, tokenizer, samples=c.samples, seq_len=c.seq_len, seed=c.seed)
     heldout = load_texts(run.model.eval_text, run.paths.data)
-    heldout = seeded_subset(chunk_documents(heldout, 4000), HELDOUT_PIECES, seed=0)
+    heldout = seeded_subset(chunk_documents(heldout, 4000), heldout_pieces, seed=0)
 
     def heldout_ppl() -> float:
         ppl = perplexity(model, tokenizer, heldout, max_length=run.model.max_length)
@@ -86,7 +89,7 @@ def bench_backends(run: RunConfig) -> dict:
             }
             applier.restore()
     what = (
-        f"all {n} blocks of {run.model.name} at one width; forward speed on 16 x 256 tokens; "
-        f"token perplexity on {HELDOUT_PIECES} pieces of {run.model.eval_text}"
+        f"all {n} blocks of {run.model.name} at one width; forward speed on {speed_samples} x "
+        f"256 tokens; token perplexity on {heldout_pieces} pieces of {run.model.eval_text}"
     )
     return {"what": what, **out}

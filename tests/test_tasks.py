@@ -202,12 +202,16 @@ def test_accuracy_agrees_with_an_independent_count(name, result, ref_model, data
 
 
 def test_bad_sources_and_stray_settings_are_one_line():
+    from tests.conftest import compose_config
+
     with pytest.raises(LwqError, match="eval.source"):
-        spec(tasks=("piqa",), source="s3")
+        compose_config("eval.tasks=[piqa]", "eval.source=s3")
     # a preset's limits for tasks not swept are dropped (eval=quick eval.tasks=[piqa] works)
     assert spec(tasks=("piqa",), limits={"arc_easy": 3, "piqa": 5}).limits == {"piqa": 5}
     with pytest.raises(LwqError, match="eval.num_fewshot names"):
-        spec(tasks=("piqa",), num_fewshot={"arc_easy": 3})
+        compose_config("eval=quick", "eval.tasks=[piqa]", "eval.num_fewshot={arc_easy: 3}")
+    with pytest.raises(LwqError, match="neither a text nor tasks"):
+        compose_config("eval.text=null")
 
 
 def test_unknown_task_from_the_command_line(tmp_path, capsys):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import lwq.commands.context
+from lwq.commands import record_fields
 from lwq.commands.sweep import run_sweep
 from lwq.results.tracking import WandbTracker
 from tests.conftest import compose_config, small_run_overrides
@@ -24,7 +24,7 @@ class RecordingTracker:
 @pytest.mark.slow
 def test_one_step_per_evaluated_point(tmp_path, monkeypatch):
     tracker = RecordingTracker()
-    monkeypatch.setattr(lwq.commands.context, "make_tracker", lambda kind, **settings: tracker)
+    monkeypatch.setattr(record_fields, "make_tracker", lambda kind, **settings: tracker)
     cfg = compose_config(*small_run_overrides(tmp_path), "sweep.fractions=[0,1]")
     written = run_sweep(cfg)
     assert [s for s, _ in tracker.steps] == list(range(len(written))) == [0, 1, 2]

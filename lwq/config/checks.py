@@ -41,6 +41,7 @@ from lwq.data import check_text_source
 from lwq.errors import LwqError
 from lwq.evaluation.divergence import TOP_K
 from lwq.evaluation.suite import CROSS_CHECKS, TEXT_ENGINES, EvalSpec
+from lwq.evaluation.tasks import check_source
 from lwq.export.gguf_file import BASE_TYPES, EMBEDDING_TYPES, GgufExport
 from lwq.metrics import METRICS
 from lwq.plan import Plan, blocks_for_fraction, read_plan_file
@@ -300,6 +301,7 @@ def _eval(node: dict) -> EvalConfig:
         include_path=str(Path(include).expanduser().resolve()) if include else None,
         local=local,
     )
+    _check_suite(spec)
     batch_size = _positive_int(node["batch_size"], "eval.batch_size")
     kl = node.get("kl", False)
     if not isinstance(kl, bool):
@@ -311,6 +313,17 @@ def _eval(node: dict) -> EvalConfig:
     return EvalConfig(
         spec, batch_size, _cross_check(node.get("cross_check")), top_k if kl else None, text_by
     )
+
+
+def _check_suite(spec: EvalSpec) -> None:
+    """A suite evaluates something, from a known source, with settings only for its tasks."""
+    check_source(spec.source)
+    for key in ("num_fewshot", "local"):
+        stray = sorted(set(getattr(spec, key)) - set(spec.tasks))
+        if stray:
+            raise LwqError(f"eval.{key} names {stray}, which are not in eval.tasks")
+    if not spec.text and not spec.tasks:
+        raise LwqError("the eval suite has neither a text nor tasks; set eval.text or eval.tasks")
 
 
 def _cross_check(value) -> str:

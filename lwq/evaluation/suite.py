@@ -23,7 +23,7 @@ from lwq.evaluation.harness import Harness, PerplexityTask, lm_eval_version
 from lwq.evaluation.index import load_index
 from lwq.evaluation.local_data import FILES, local_files
 from lwq.evaluation.perplexity import perplexity, token_windows
-from lwq.evaluation.tasks import averaged, check_source, resolve_tasks, user_task_names
+from lwq.evaluation.tasks import averaged, resolve_tasks, user_task_names
 from lwq.runtime import digest
 
 CROSS_CHECK_TOLERANCE = 1e-3  # relative; float32 batching noise is ~1e-6
@@ -34,6 +34,7 @@ AVERAGED_METRICS = ("acc", "acc_norm")
 @dataclass(frozen=True)
 class EvalSpec:
     """What is evaluated; every field changes the numbers, so all go into record keys.
+    The evaluation's input, built and checked by the config (lwq.config.checks).
 
     `text` None = no held-out perplexity task; `tasks` are lm-eval task, group or tag names
     (may be empty); `limit` is documents per task (None = all), `limits` {task: limit}
@@ -63,15 +64,6 @@ class EvalSpec:
         object.__setattr__(self, "limits", limits)
         object.__setattr__(self, "num_fewshot", dict(self.num_fewshot or {}))
         object.__setattr__(self, "local", dict(self.local or {}))
-        check_source(self.source)
-        for key in ("num_fewshot", "local"):
-            stray = sorted(set(getattr(self, key)) - set(self.tasks))
-            if stray:
-                raise LwqError(f"eval.{key} names {stray}, which are not in eval.tasks")
-        if not self.text and not self.tasks:
-            raise LwqError(
-                "the eval suite has neither a text nor tasks; set eval.text or eval.tasks"
-            )
 
     def identity(self) -> dict:
         """The fields as data for keys; settings added later are left out while unset, so
