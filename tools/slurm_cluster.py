@@ -25,6 +25,7 @@ sched_interval=1 make a requeued job start again ~6 s after it stopped (not 121 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -75,9 +76,28 @@ def ensure_packages(slurmdbd: bool) -> None:
         return
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
-        subprocess.run(install, env=env, check=True, capture_output=True)
+    with no_service_starts():
+        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
+            subprocess.run(install, env=env, check=True, capture_output=True)
+
+
+@contextlib.contextmanager
+def no_service_starts():
+    """Keep the packages' install scripts from starting their daemons (munged, mariadbd,
+    slurmd): Debian's policy-rc.d hook, written only if the machine has none, removed after."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    if policy.exists():
+        yield
+        return
+    policy.write_text(
+        "#!/bin/sh\n# written by lwq's tools/slurm_cluster.py during apt-get\nexit 101\n"
+    )
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink(missing_ok=True)
 
 
 def node_line(host: str) -> str:
