@@ -96,10 +96,12 @@ def probe(width: int) -> Probe:
 
 
 def configured(name: str, **overrides):
-    """The backend as `quant=<name>` configures it (its conf file's settings, if any)."""
+    """The backend as `quant=<name>` configures it (its conf file's settings, if any), with
+    the settings its contract asks for the block checks."""
     conf = CONF / "quant" / f"{name}.yaml"
     settings = yaml.safe_load(conf.read_text())["settings"] if conf.exists() else {}
-    return make_backend(name, **{**(settings or {}), **overrides})
+    contract = BACKENDS.get(name).contract.settings
+    return make_backend(name, **{**(settings or {}), **contract, **overrides})
 
 
 def is_slow(name: str) -> bool:

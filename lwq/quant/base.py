@@ -63,7 +63,8 @@ class ContractCase:
     other a random shrunk Llama that wide, e.g. 256 for llama.cpp's K-quants).
     `unhandled`: a module the backend refuses at `unhandled_bits`, and a phrase of the error.
     `sweep_bits`/`sweep_settings`: a two-point sweep on ref-tiny (high, low bits; settings
-    over the conf file's). `snr_8_bits_db`: the least output SNR at 8 bits on that model.
+    over the conf file's). `settings`: over the conf file's for the block checks (a short
+    training, say). `snr_8_bits_db`: the least output SNR at 8 bits on that model.
     """
 
     unhandled: Callable[[], torch.nn.Module]
@@ -72,6 +73,7 @@ class ContractCase:
     width: int = 128
     sweep_bits: tuple[int, int] = (4, 2)
     sweep_settings: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # over the conf file's, for the block checks
     snr_8_bits_db: float = 50.0  # measured 55.9 (bnb LLM.int8) to 65.0 dB (hqq) on ref-tiny
 
 

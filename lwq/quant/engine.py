@@ -184,7 +184,10 @@ def quantize_block(
     if inputs is None:
         raise LwqError(f"quant={backend.name} needs the calibration inputs entering {where}block")
     try:
-        block = backend.quantize(block, bits, inputs)
+        if backend.unit == BLOCK:
+            block = backend.quantize(block, bits, inputs)
+        else:  # a window backend: a plan of this one block
+            block = backend.quantize([block], (bits,), inputs)[0]
     except LwqError as err:
         raise LwqError(f"{where}{err}") from err
     return block if packed else backend.for_eval(block)
