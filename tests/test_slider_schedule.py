@@ -87,3 +87,38 @@ def test_where_the_authors_formula_skips_blocks_one_middle_window_bridges_them()
     assert 6 not in {b for w in theirs for b in w}  # their head ends at 5, their tail starts at 7
     ours = [list(w) for w in schedule(13, window=4, stride=1, fill=6)]
     assert ours == theirs[:6] + [[5, 6, 7, 8]] + theirs[6:]
+
+
+@pytest.mark.parametrize(
+    ("n", "wsf", "expected"),
+    [
+        (1, (2, 1, 4), [[0], [0]]),
+        (2, (2, 1, 4), [[0], [0, 1], [0, 1], [1]]),
+        (
+            5,
+            (2, 1, 4),
+            [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4], [3, 4], [4]],
+        ),
+        (
+            12,
+            (3, 2, 4),
+            [
+                [0],
+                [0, 1],
+                [0, 1, 2],
+                [0, 1, 2, 3],
+                [2, 3, 4],
+                [4, 5, 6],
+                [6, 7, 8],
+                [8, 9, 10],
+                [8, 9, 10, 11],
+                [9, 10, 11],
+                [10, 11],
+                [11],
+            ],
+        ),  # fmt: skip
+        (12, (1, 1, 1), [[0]] + [[i] for i in range(12)] + [[11]]),
+    ],
+)
+def test_hand_written_schedules(n, wsf, expected):
+    assert [list(w) for w in schedule(n, *wsf)] == expected
