@@ -83,8 +83,38 @@ def check_before_hydra(overrides: list[str]) -> None:
         fail(err)
 
 
+def dry_run_off_the_cluster(overrides: list[str]) -> list[str]:
+    """`-m dry_run=true hydra/launcher=slurm`: print the sbatch settings the jobs would get,
+    then run the dry runs here (Hydra's basic launcher), not as cluster jobs."""
+    if not {"-m", "--multirun"} & set(overrides) or "hydra/launcher=slurm" not in overrides:
+        return overrides
+    if not {"dry_run=true", "dry_run=True"} & set(overrides):
+        return overrides
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from lwq.commands.dry_run import print_sbatch
+    from lwq.config.specs import CONF_DIR
+
+    launcher = [o for o in overrides if o.startswith(("hydra/launcher=", "hydra.launcher."))]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=launcher, return_hydra_config=True)
+    node = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    node["name"] = os.path.splitext(os.path.basename(sys.argv[0]))[0]  # ${hydra.job.name}
+    jobs = 1
+    for override in OverridesParser.create().parse_overrides(
+        [o for o in overrides if not o.startswith("-") and o not in launcher]
+    ):
+        if override.is_sweep_override():
+            jobs *= len(list(override.sweep_string_iterator()))
+    print_sbatch(node, jobs)
+    return [o for o in overrides if o not in launcher]
+
+
 if __name__ == "__main__":
     overrides = command_words_to_overrides(sys.argv[1:])
     check_before_hydra(overrides)
+    overrides = dry_run_off_the_cluster(overrides)
     sys.argv = [sys.argv[0], *overrides]
     main()

@@ -1,7 +1,11 @@
 """lwq on a real single-node SLURM cluster (tools/slurm_cluster.py, with slurmdbd): a batch
 job is seen by squeue and sacct; a multirun through `hydra/launcher=slurm` runs as one job
 array that records every point once; `scontrol requeue` of a running sweep stops it (the
-stop line), SLURM starts it again and its records equal an uninterrupted run's.
+stop line), SLURM starts it again and its records equal an uninterrupted run's;
+`scancel --signal=TERM` stops a sweep job (not requeued) and a rerun completes it; a sweep
+array pre-empted by a whole-node job in `high` is requeued and resumes; one job with bad
+input fails in one line while the other records its points; and the dry run of a SLURM
+multirun prints the sbatch settings (no cluster needed for that one).
 
 The session's fixture starts the cluster (root; the packages are installed if missing) and
 stops it at the end, also when a test fails, then checks that no SLURM, munge or MariaDB
@@ -188,3 +192,236 @@ def test_scontrol_requeue_stops_a_running_sweep_which_resumes_to_the_uninterrupt
         map(str, map(_comparable, expected))
     )
     assert multirun.returncode == 0, launcher_output[-3000:]  # it waited for the requeued job
+
+
+LAUNCHER = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=low",
+    "hydra.launcher.gpus_per_node=null",  # no GRES on this node
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=20",
+]
+PPL_SWEEP = [
+    "eval.limit=2",  # the real perplexity (~2 s a point): time to stop the job mid-sweep
+    "eval.chunk_chars=1500",
+    "calib.samples=2",
+    "calib.seq_len=32",
+    "tracking=none",
+]
+
+
+def _start(env, *argv: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "run.py", *argv], cwd=ROOT, env=env | {"OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_lines(store, n: int, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (store.exists() and len(store.read_text().splitlines()) >= n):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+        time.sleep(0.1)
+
+
+def _submitit_jobs(results) -> list[str]:
+    """The job ids (a job's, or <array>_<task>) of the multiruns under `results`."""
+    return sorted(p.name for p in results.glob("hydra/multirun-*/.submitit/*") if p.is_dir())
+
+
+def _job_logs(results, job: str) -> str:
+    return "".join(p.read_text() for p in results.glob(f"hydra/multirun-*/.submitit/{job}/*_log.*"))
+
+
+def _whole_lines(store) -> None:
+    """Every line of the records file is a whole JSON record (none half-written)."""
+    import json
+
+    for line in store.read_text().splitlines():
+        json.loads(line)
+
+
+def _same_records(store, expected_store) -> None:
+    resumed, expected = RecordStore(store).read(), RecordStore(expected_store).read()
+    keys = [r["point_key"] for r in resumed]
+    assert len(keys) == len(set(keys)), "a point was recorded twice"
+    assert sorted(map(str, map(_comparable, resumed))) == sorted(
+        map(str, map(_comparable, expected))
+    )
+
+
+def test_scancel_signal_term_stops_a_sweep_job_which_a_rerun_completes(slurm_env, tmp_path):
+    """`scancel --signal=TERM <job>` (no --batch/--full) reaches only the srun step: lwq
+    stops with its stop line and exit code 3, the step and the job end FAILED with exit code
+    3, and SLURM does not requeue it (Restarts=0; a signal is not a requeue). submitit then
+    finds no result and the multirun command fails; the same multirun run again is a new job
+    that takes up where the first stopped, and its records equal an uninterrupted run's."""
+    sweep = ["metric=ldi", "sweep.fractions=[0,0.25,0.5,0.75,1]", *PPL_SWEEP]
+    reference = _start(slurm_env, *sweep, f"paths.results={tmp_path / 'uninterrupted'}")
+    results = tmp_path / "results"
+    multirun = [*LAUNCHER, *sweep, f"paths.results={results}"]
+    first = _start(slurm_env, "-m", *multirun)
+    store = results / "ref-tiny" / "records.jsonl"
+    _wait_for_lines(store, 2, first)  # mid-sweep
+    (job_id,) = _submitit_jobs(results)
+    _run(slurm_env, "scancel", "--signal=TERM", job_id)
+    first_output = first.communicate(timeout=300)[0]
+    assert first.returncode == 1, first_output[-3000:]  # no result: submitit reports it
+    assert "has not produced any output (state: FAILED)" in first_output
+    assert _sacct_states(slurm_env, job_id) == {job_id: "FAILED"}
+    job = _run(slurm_env, "scontrol", "-o", "show", "job", job_id)
+    assert "Restarts=0 " in job and "ExitCode=3:0" in job, job  # not requeued
+    stops = [
+        line for line in _job_logs(results, job_id).splitlines() if "stopped by SIGTERM" in line
+    ]
+    assert len(stops) == 1 and "run the same command again to resume" in stops[0]
+    assert not list((results / "ref-tiny" / "claims").glob("*.claim"))  # all released
+    _whole_lines(store)
+    stopped_at = len(store.read_text().splitlines())
+    assert 2 <= stopped_at < 6  # the reference and 5 points when whole
+
+    again = _start(slurm_env, "-m", *multirun)
+    again_output = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, again_output[-3000:]
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()[-3000:]
+    _same_records(store, tmp_path / "uninterrupted" / "ref-tiny" / "records.jsonl")
+
+
+def test_a_sweep_array_preempted_by_a_whole_node_job_is_requeued_and_resumes(slurm_env, tmp_path):
+    """Pre-emption: a two-task sweep array in `low`, then a `high` job that needs both
+    cores. SLURM sends the jobs' own --signal first (submitit's USR2, thanks to
+    preempt_send_user_signal) and submitit's handler catches it ('Caught signal SIGUSR2 on
+    vm: this job is preempted.', 'Calling checkpoint method.'); SLURM requeues the tasks at
+    once (PreemptMode=REQUEUE: 'STEP 14.0 ON vm CANCELLED ... DUE TO JOB REQUEUE', SIGCONT
+    and SIGTERM to the step, not GraceTime later). What ends the step is a race between
+    that SIGTERM and submitit's handler: submitit has run `scontrol requeue` ('Requeued job
+    14_0 (3 remaining timeouts)') and exited (255; the SIGTERM is 'Bypassing signal SIGTERM'
+    or kills the exiting Python: 'task 0: Terminated'), or lwq's handler, still in place,
+    takes the SIGTERM (its stop line, exit code 3). Either way each task is
+    REQUEUED once and runs again after the `high` job ('3 of 6 points already in ...'),
+    every point is recorded once, the metrics equal an uninterrupted run's, and the
+    multirun command ends with 0."""
+    sweep = ["metric=ldi,zd", "sweep.fractions=[0,0.25,0.5,0.75,1]", *PPL_SWEEP]
+    reference = _start(slurm_env, "-m", *sweep, f"paths.results={tmp_path / 'uninterrupted'}")
+    results = tmp_path / "results"
+    multirun = _start(slurm_env, "-m", *LAUNCHER, *sweep, f"paths.results={results}")
+    store = results / "ref-tiny" / "records.jsonl"
+    _wait_for_lines(store, 3, multirun)  # both tasks mid-sweep
+    tasks = [j for j in _submitit_jobs(results) if "_" in j]
+    assert len(tasks) == 2, tasks
+    array_id = tasks[0].split("_")[0]
+    running = _run(slurm_env, "squeue", "-h", "-j", array_id, "-o", "%i %T")
+    assert sorted(running.splitlines()) == [f"{task} RUNNING" for task in tasks], running
+    high = _run(slurm_env, "sbatch", "--parsable", "-p", "high", "-c", "2",
+                f"--output={tmp_path / 'high.out'}", "--wrap", "sleep 1").strip()  # fmt: skip
+    output = multirun.communicate(timeout=300)[0]
+    assert multirun.returncode == 0, output[-3000:]
+    _wait_for_state(slurm_env, array_id, "COMPLETED")  # submitit has the results a bit before
+
+    history = _run(slurm_env, "sacct", "-D", "-X", "--parsable2", "-o", "JobID,State",
+                   "-j", f"{array_id},{high}").split()[1:]  # fmt: skip
+    for task in tasks:  # pre-empted once (submitit's requeue), then done
+        assert [h for h in history if h.startswith(f"{task}|")] == [
+            f"{task}|REQUEUED",
+            f"{task}|COMPLETED",
+        ], history
+    assert f"{high}|COMPLETED" in history
+    for task in tasks:
+        log = _job_logs(results, task)
+        assert "Caught signal SIGUSR2 on" in log and "this job is preempted." in log, log[-3000:]
+        # SLURM cancels the step for the requeue ~0.1 s after the USR2 (SIGCONT, SIGTERM),
+        # while submitit's handler checkpoints (~0.08 s) and runs `scontrol requeue`: which
+        # ends the step is a race. Seen here: submitit requeued and exited (255) and the
+        # SIGTERM was bypassed, or killed the exiting Python ('task 0: Terminated'), or
+        # lwq's handler took it (its stop line, exit code 3), with or without submitit's
+        # 'Requeued job' first
+        by_submitit = f"Requeued job {task} (3 remaining timeouts)" in log
+        by_lwq = [line for line in log.splitlines() if line.startswith("stopped by SIGTERM")]
+        assert by_submitit or by_lwq, log[-3000:]
+        if by_lwq:
+            assert len(by_lwq) == 1 and "run the same command again to resume" in by_lwq[0]
+            assert "task 0: Exited with exit code 3" in log
+        else:
+            assert re.search(r"task 0: (Exited with exit code 255|Terminated)", log), log[-3000:]
+        done = [line for line in log.splitlines() if line.startswith("submitit INFO")]
+        assert sum("Job completed successfully" in line for line in done) == 1
+        assert "points already in" in log  # the requeued task skipped what was recorded
+        job = _run(slurm_env, "scontrol", "-o", "show", "job", task)
+        assert "Restarts=1 " in job, job
+    assert not list((results / "ref-tiny" / "claims").glob("*.claim"))
+    _whole_lines(store)
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()[-3000:]
+    _same_records(store, tmp_path / "uninterrupted" / "ref-tiny" / "records.jsonl")
+
+
+def test_a_job_with_bad_input_fails_in_one_line_and_the_other_job_records_its_points(
+    slurm_env, tmp_path
+):
+    """`sweep.low=1,3` through the SLURM launcher: the sweep with 1 bit (rtn cannot do it)
+    fails with one line in its job's log (`job failed (...): ...`); submitit saves the
+    error as that task's result, so SLURM shows both tasks COMPLETED (0:0); the other task
+    records its points, and the multirun command fails at its end (exit code 1): Hydra
+    re-raises the saved error, a traceback ending in `JobFailed: <overrides>: <error>`."""
+    results = tmp_path / "results"
+    sweep = ["sweep.low=1,3", "eval=dummy", "eval.limit=1", "sweep.fractions=[0,1]",
+             "calib.samples=2", "calib.seq_len=32", "tracking=none",
+             f"paths.results={results}"]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "run.py", "-m", *LAUNCHER, *sweep], cwd=ROOT,
+        env=slurm_env | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert re.search(r"^JobFailed: sweep.low=1 .*cannot do 1 bits", proc.stderr, re.M), proc.stderr
+    tasks = [j for j in _submitit_jobs(results) if "_" in j]
+    array_id = tasks[0].split("_")[0]
+    deadline = time.monotonic() + 60
+    while set((states := _sacct_states(slurm_env, array_id)).values()) - {"COMPLETED", "FAILED"}:
+        assert time.monotonic() < deadline, states
+        time.sleep(0.2)
+    # submitit catches lwq's JobFailed and saves it as the task's result: SLURM sees both
+    # tasks COMPLETED (exit 0); the launcher raises it when it collects the results
+    assert sorted(states.values()) == ["COMPLETED", "COMPLETED"], states
+    (failed,) = [task for task in tasks if "job failed (" in _job_logs(results, task)]
+    log = _job_logs(results, failed)
+    lines = [line for line in log.splitlines() if line.startswith("job failed (")]
+    assert len(lines) == 1 and "sweep.low=1" in lines[0] and "cannot do 1 bits" in lines[0], log
+    written = records(tmp_path, "ref-tiny")
+    assert sorted(r["k"] for r in written if r["kind"] == "quantized") == [0, 12]
+    assert {r["low"] for r in written if r["kind"] == "quantized"} == {3}
+
+
+def test_a_dry_multirun_through_the_slurm_launcher_prints_the_sbatch_settings(tmp_path):
+    """`-m dry_run=true hydra/launcher=slurm`: the #SBATCH lines submitit would write for the
+    job array (made by submitit itself; the same lines as a real submission's
+    <job>_submission.sh, log paths aside) and the requeue settings, then each job's dry run
+    here with Hydra's basic launcher; nothing is submitted to SLURM."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "run.py", "-m", *LAUNCHER, "hydra.launcher.setup=[module load cuda]",
+         "metric=ldi,zd", "dry_run=true", "sweep.fractions=[0,1]", f"paths.results={results}"],
+        cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    start = out.index("sbatch settings of the 2 jobs (hydra/launcher=slurm):")
+    assert [line.strip() for line in out[start + 1 : start + 14]] == [
+        "#SBATCH --array=0-1%2",  # array_parallelism 16, two jobs
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --job-name=run",
+        "#SBATCH --mem=2GB",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --partition=low",
+        "#SBATCH --signal=USR2@120",  # signal_delay_s
+        "#SBATCH --time=20",
+        "#SBATCH --wckey=submitit",
+        "(setup) module load cuda",
+        "requeue: SLURM's (pre-emption, scontrol requeue); submitit requeues a job on its "
+        "--signal up to 3 times (USR2 120 s before the time limit, or on pre-emption)",
+    ]
+    assert "Launching 2 jobs locally" in proc.stderr + proc.stdout
+    assert sum(line.startswith("dry run: model=ref-tiny") for line in out) == 2
+    assert not list(results.glob("hydra/multirun-*/.submitit"))  # no cluster job

@@ -16,6 +16,7 @@ blocks in index order, which gives the exact bytes when every block has the same
 from __future__ import annotations
 
 import statistics
+import tempfile
 from dataclasses import dataclass
 
 from lwq.commands.identity import run_identity
@@ -171,3 +172,45 @@ def _size(n_bytes: int) -> str:
 def _bit(bits: int) -> str:
     """One character per block: its bits in hex (16 = '-', left as loaded)."""
     return "-" if bits == 16 else format(bits, "x")
+
+
+# hydra-submitit-launcher's BaseQueueConf: given to submitit by these names, every other
+# key of hydra.launcher with the executor's prefix (slurm_partition, slurm_signal_delay_s)
+_BASE_QUEUE_KEYS = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb",
+                    "nodes", "name", "stderr_to_stdout"}  # fmt: skip
+
+
+def sbatch_settings(launcher: dict, jobs: int) -> list[str]:
+    """The `#SBATCH` lines (and any setup lines before srun) submitit writes for `jobs` jobs
+    through the SLURM launcher configured by `launcher` (hydra.launcher as plain data), made
+    by submitit's own executor as hydra-submitit-launcher calls it; log paths left out."""
+    import submitit
+
+    params = {k: v for k, v in launcher.items() if k not in ("_target_", "submitit_folder")}
+    init = {"slurm_max_num_timeout": params.pop("max_num_timeout")}
+    with tempfile.TemporaryDirectory() as folder:
+        executor = submitit.AutoExecutor(cluster="slurm", folder=folder, **init)
+        executor.update_parameters(
+            **{k if k in _BASE_QUEUE_KEYS else f"slurm_{k}": v for k, v in params.items()}
+        )
+        slurm = executor._executor  # noqa: SLF001 - the text submitit itself would submit
+        if jobs > 1:
+            slurm.parameters["map_count"] = jobs  # map_array: one job array
+        text = slurm._make_submission_file_text("run.py", "dry-run")  # noqa: SLF001
+    head, _, tail = text.partition("# command")
+    settings = [line for line in head.splitlines() if line.startswith("#SBATCH")]
+    settings = [s for s in settings if not s.startswith(("#SBATCH --output", "#SBATCH --error"))]
+    setup = head.split("# setup", 1)[1].strip().splitlines() if "# setup" in head else []
+    return settings + [f"(setup) {line}" for line in setup if line.strip()]
+
+
+def print_sbatch(launcher: dict, jobs: int) -> None:
+    """What a multirun through hydra/launcher=slurm would submit (the dry run prints it)."""
+    print(f"sbatch settings of the {jobs} job{'s' if jobs > 1 else ''} (hydra/launcher=slurm):")
+    for line in sbatch_settings(launcher, jobs):
+        print(f"  {line}")
+    print(
+        f"  requeue: SLURM's (pre-emption, scontrol requeue); submitit requeues a job on its "
+        f"--signal up to {launcher.get('max_num_timeout')} times (USR2 "
+        f"{launcher.get('signal_delay_s')} s before the time limit, or on pre-emption)"
+    )
