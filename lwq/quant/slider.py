@@ -36,9 +36,9 @@ from lwq.quant.base import (
     ContractCase,
     Window,
     as_linear,
-    bias_bytes,
     full_precision_bytes,
 )
+from lwq.quant.rtn import RTN
 from lwq.quant.slider_schedule import parse_windows, schedule
 
 BITS_ATTR = "lwq_slider_bits"  # set on a merged linear: the width its weights are on
@@ -268,19 +268,17 @@ class SliderQuant:
         return self.weight_bytes(module, getattr(module, BITS_ATTR, FULL_PRECISION))
 
     def weight_bytes(self, module: nn.Module, bits: int) -> int:
-        """Codes at `bits`, and per group a float16 scale and a `bits`-wide zero point."""
+        """Codes at `bits`, and per group a float16 scale and a `bits`-wide zero point: the
+        grid rtn stores (its include_zero range), at this group size."""
         if bits == FULL_PRECISION:
             return full_precision_bytes(module)
-        out_features, in_features = as_linear(self.name, module).weight.shape
+        in_features = as_linear(self.name, module).in_features
         size = self.group_size or in_features
         if in_features % size:
             raise LwqError(
                 f"quant=slider group_size={size} must divide the input size {in_features}"
             )
-        groups = out_features * (in_features // size)
-        return math.ceil(
-            (out_features * in_features * bits + groups * (16 + bits)) / 8
-        ) + bias_bytes(module)
+        return RTN(group_size=size).weight_bytes(module, bits)
 
 
 def _linear_decay(optimizer, steps: int):
