@@ -74,6 +74,16 @@ def _wait_for_state(env, job_id: str, wanted: str, timeout_s: float = 60) -> dic
     raise AssertionError(f"job {job_id} is not {wanted} after {timeout_s} s: {states}")
 
 
+LAUNCHER = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=low",
+    "hydra.launcher.gpus_per_node=null",  # no GRES on this node
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=20",
+]
+
+
 def test_a_batch_job_runs_and_squeue_and_sacct_see_it(slurm_env, tmp_path):
     out = tmp_path / "job.out"
     job_id = _run(
@@ -93,14 +103,6 @@ def test_a_batch_job_runs_and_squeue_and_sacct_see_it(slurm_env, tmp_path):
 def test_a_multirun_through_the_slurm_launcher_is_a_job_array_recording_every_point_once(
     slurm_env, tmp_path
 ):
-    launcher = [
-        "hydra/launcher=slurm",
-        "hydra.launcher.partition=low",
-        "hydra.launcher.gpus_per_node=null",  # no GRES on this node
-        "hydra.launcher.cpus_per_task=1",
-        "hydra.launcher.mem_gb=2",
-        "hydra.launcher.timeout_min=20",
-    ]
     sweep = [
         "metric=ldi,zd",
         "eval=dummy",  # numbers from the weights (lwq.evaluation.dummy): no lm-eval per job
@@ -112,7 +114,7 @@ def test_a_multirun_through_the_slurm_launcher_is_a_job_array_recording_every_po
         f"paths.results={tmp_path / 'results'}",
     ]
     proc = subprocess.run(
-        [sys.executable, "run.py", "-m", *launcher, *sweep],
+        [sys.executable, "run.py", "-m", *LAUNCHER, *sweep],
         cwd=ROOT,
         env=slurm_env | {"OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -160,11 +162,8 @@ def test_scontrol_requeue_stops_a_running_sweep_which_resumes_to_the_uninterrupt
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     results = tmp_path / "results"
-    launcher = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=null",
-                "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-                "hydra.launcher.timeout_min=20", "hydra.launcher.partition=low"]  # fmt: skip
     multirun = subprocess.Popen(
-        [sys.executable, "run.py", "-m", *launcher, *sweep, f"paths.results={results}"],
+        [sys.executable, "run.py", "-m", *LAUNCHER, *sweep, f"paths.results={results}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     store = results / "ref-tiny" / "records.jsonl"
@@ -194,14 +193,6 @@ def test_scontrol_requeue_stops_a_running_sweep_which_resumes_to_the_uninterrupt
     assert multirun.returncode == 0, launcher_output[-3000:]  # it waited for the requeued job
 
 
-LAUNCHER = [
-    "hydra/launcher=slurm",
-    "hydra.launcher.partition=low",
-    "hydra.launcher.gpus_per_node=null",  # no GRES on this node
-    "hydra.launcher.cpus_per_task=1",
-    "hydra.launcher.mem_gb=2",
-    "hydra.launcher.timeout_min=20",
-]
 PPL_SWEEP = [
     "eval.limit=2",  # the real perplexity (~2 s a point): time to stop the job mid-sweep
     "eval.chunk_chars=1500",
