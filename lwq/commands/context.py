@@ -60,6 +60,7 @@ class RunContext:
     store: RecordStore | None = None
     tracker: object = None
     shared: dict = field(default_factory=dict)  # fields every record of the run has
+    logits_memory: float | None = 0.25  # GB of log-probabilities at once (eval.logits_memory)
 
     def applier(self, packed: bool = False) -> PlanApplier:
         return PlanApplier(self.blocks, self.engine, packed)
@@ -71,7 +72,9 @@ class RunContext:
 
         def compute() -> Scores:
             calibration = self.calibration() if entry.needs_calibration else None
-            extra = {"engine": self.engine} if entry.needs_quantizer else {}
+            extra = {}
+            if entry.needs_quantizer:
+                extra = {"engine": self.engine, "logits_memory": self.logits_memory}
             scores = entry.compute(self.model, self.blocks, calibration, **settings, **extra)
             store_scores(self.cache_dir, key, scores)
             return scores
@@ -119,6 +122,7 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
         identity=identity,
         cache_dir=run.paths.cache,
         calibration=calibration,
+        logits_memory=run.eval.logits_memory,
     )
     if evaluate:
         context.suite = suite
@@ -156,6 +160,7 @@ def make_suite(run: RunConfig) -> Suite:
         kl_top_k=e.kl_top_k,
         verbose=run.verbose,
         text_by=e.text_by,
+        logits_memory=e.logits_memory,
     ).prepare()
 
 

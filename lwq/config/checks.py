@@ -311,7 +311,12 @@ def _eval(node: dict) -> EvalConfig:
         raise LwqError("eval.kl=true needs a held-out text (eval.text); this suite has none")
     text_by = _choice(node.get("text_by", "lm-eval"), TEXT_ENGINES, "eval.text_by")
     return EvalConfig(
-        spec, batch_size, _cross_check(node.get("cross_check")), top_k if kl else None, text_by
+        spec,
+        batch_size,
+        _cross_check(node.get("cross_check")),
+        top_k if kl else None,
+        text_by,
+        _gigabytes_or_none(node.get("logits_memory"), "eval.logits_memory"),
     )
 
 
@@ -360,6 +365,15 @@ def _positive_int(value: Any, key: str) -> int:
     if _int(value, key) < 1:
         raise LwqError(f"{key}={value} must be a positive integer")
     return value
+
+
+def _gigabytes_or_none(value: Any, key: str) -> float | None:
+    """A positive size in GB (int or float), or None (no bound)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise LwqError(f"{key}={value!r} must be a positive number of GB, or null for no bound")
+    return float(value)
 
 
 def _name(value: Any, key: str) -> str:

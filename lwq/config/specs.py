@@ -122,6 +122,7 @@ class EvalConfig:
     cross_check: str  # where lwq's own perplexity pass runs without KL: reference | all | none
     kl_top_k: int | None  # KL divergence to the unquantized model; None = off
     text_by: str = "lm-eval"  # speed only: who scores the held-out text on quantized points
+    logits_memory: float | None = None  # GB of log-probabilities at once; None = whole logits
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class Harness:
         bootstrap_iters: int = 1000,
         verbose: bool = False,
         include_path: Path | None = None,
+        logits_memory: float | None = None,
     ) -> None:
         _check_tasks(tasks, limit)
         self.tasks = tuple(tasks)
@@ -76,6 +77,7 @@ class Harness:
         self.limit = limit
         self.bootstrap_iters = bootstrap_iters
         self.verbose = verbose
+        self.logits_memory = logits_memory  # GB bound on lm-eval's log-softmax (its rows)
         self.include_path = None if include_path is None else Path(include_path).resolve()
         self._lms: dict[tuple, Any] = {}
         self._loaded: dict[str, Any] | None = None
@@ -158,6 +160,7 @@ class Harness:
                 **options,
             )
             lm.lwq_quiet = not self.verbose
+            lm.lwq_logits_memory = self.logits_memory
             held = self._lms[key] = (model, tokenizer, lm)
         return held[2]
 

@@ -5,7 +5,10 @@ lwq uses lm-eval's public API (`lm_eval.evaluator.evaluate`, `TaskManager`, `HFL
 overrides three internals to stop paying per point for work that does not depend on the
 model: a task's `build_all_requests` (rendering, done once: `RequestsOnce`), HFLM's
 `_encode_pair` (tokenizing each pair once) and the progress bars of HFLM's request
-methods; it also sets the offline flags `datasets` and `huggingface_hub` read at import.
+methods; it also sets HFLM's batch size per call of `_loglikelihood_tokens` so that the
+whole (batch x length x vocabulary) log-softmax lm-eval computes stays under
+`eval.logits_memory` (`rows_within`); and it sets the offline flags `datasets` and
+`huggingface_hub` read at import.
 Those internals change between releases, so `check_version` refuses any lm-eval but
 the one these overrides were checked against (pyproject pins it).
 """
@@ -74,6 +77,7 @@ def encode_once_hflm():
 
     class EncodeOnceHFLM(HFLM):
         lwq_quiet = False  # True: no progress bar per request type (the sweep has its own)
+        lwq_logits_memory: float | None = None  # GB for lm-eval's logits; None = no bound
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood(requests, disable_tqdm or self.lwq_quiet)
@@ -87,7 +91,17 @@ def encode_once_hflm():
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **options):
             # loglikelihood_rolling asks for a bar per batch of windows whatever it is told
             quiet = disable_tqdm or self.lwq_quiet
-            return super()._loglikelihood_tokens(requests, disable_tqdm=quiet, **options)
+            configured = self.batch_size_per_gpu
+            if self.lwq_logits_memory is not None and requests:
+                longest = min(max(len(c) + len(t) for _, c, t in requests), self.max_length + 1)
+                vocab = self.model.get_output_embeddings().out_features
+                self.batch_size_per_gpu = rows_within(
+                    self.lwq_logits_memory, longest - 1, vocab, configured
+                )
+            try:
+                return super()._loglikelihood_tokens(requests, disable_tqdm=quiet, **options)
+            finally:
+                self.batch_size_per_gpu = configured
 
         def _encode_pair(self, context: str, continuation: str):
             pairs = self.__dict__.setdefault("_lwq_pairs", {})
@@ -96,6 +110,13 @@ def encode_once_hflm():
             return pairs[context, continuation]
 
     return EncodeOnceHFLM
+
+
+def rows_within(memory_gb: float, length: int, vocab: int, batch_size: int) -> int:
+    """Rows of a batch whose logits and log-softmax (float32, as lm-eval holds them at
+    once) fit `memory_gb`: at most `batch_size`, at least one."""
+    per_row = 2 * 4 * length * vocab
+    return max(1, min(batch_size, int(memory_gb * 1e9) // per_row))
 
 
 def go_offline() -> None:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
+
+from lwq.evaluation.logits import OutputHead, chunks, rows_per_chunk, whole_logprobs
 
 
 @dataclass(frozen=True)
@@ -98,20 +99,27 @@ def perplexity(
     max_length: int,
     batch_size: int = 8,
     each: TargetsHook | None = None,
+    logits_memory: float | None = None,
 ) -> Perplexity:
     """Perplexity of `model` on `texts`, each scored on its own (no text sees another).
 
-    `each(logprobs, targets)`, if given, sees every window's (T, V) next-token
-    log-probabilities at its T targets, in order: one forward pass serves a second measure
-    (the KL divergence of lwq.evaluation.divergence).
+    `each(logprobs, targets)`, if given, sees the (T, V) next-token log-probabilities of
+    consecutive runs of targets, window after window, in order: one forward pass serves a
+    second measure (the KL divergence of lwq.evaluation.divergence). `logits_memory` (GB)
+    bounds the log-probabilities that exist at once (lwq.evaluation.logits); None = a
+    batch's whole logits, as the model returns them.
     """
     windows = token_windows(tokenizer, texts, max_length)
     device = next(model.parameters()).device
-    nll = 0.0
+    head = rows = None
+    if logits_memory is not None:
+        head = OutputHead(model)
+        rows = rows_per_chunk(head.vocab, logits_memory)
+    nll = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(windows), batch_size):
-        nll += _batch_nll(model, windows[i : i + batch_size], device, each)
+        nll += _batch_nll(model, windows[i : i + batch_size], device, each, head, rows)
     return Perplexity(
-        nll=nll,
+        nll=nll.item(),
         tokens=sum(len(t) for _, t in windows),
         words=sum(len(re.split(r"\s+", text)) for text in texts),
         bytes=sum(len(text.encode("utf-8")) for text in texts),
@@ -119,9 +127,15 @@ def perplexity(
 
 
 def _batch_nll(
-    model, windows: list[tuple[list, list]], device: torch.device, each: TargetsHook | None
-) -> float:
-    """Summed NLL of the targets of a batch of right-padded windows (targets end-aligned)."""
+    model,
+    windows: list[tuple[list, list]],
+    device: torch.device,
+    each: TargetsHook | None,
+    head: OutputHead | None,
+    rows: int | None,
+) -> torch.Tensor:
+    """Summed NLL (float64) of the targets of a batch of right-padded windows (targets
+    end-aligned), from `rows` target positions' log-probabilities at a time."""
     width = max(len(inp) for inp, _ in windows)
     inputs = torch.zeros(len(windows), width, dtype=torch.long)
     targets = torch.full((len(windows), width), -100, dtype=torch.long)
@@ -130,14 +144,19 @@ def _batch_nll(
         inputs[row, : len(inp)] = torch.tensor(inp)
         targets[row, len(inp) - len(tgt) : len(inp)] = torch.tensor(tgt)
         mask[row, : len(inp)] = 1
-    logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # (B, S, V)
-    if each is not None:
-        for row, (inp, tgt) in enumerate(windows):
-            each(logprobs[row, len(inp) - len(tgt) : len(inp)], torch.tensor(tgt))  # (T, V)
+    batch = {"input_ids": inputs.to(device), "attention_mask": mask.to(device)}
     targets = targets.to(device)
-    valid = targets != -100
-    # a gather, not F.nll_loss over the (B, V, S) transpose: that strided read took longer
-    # than the log-softmax itself on a 49 k vocabulary; summed in float64
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return -picked[valid].double().sum().item()
+    valid = targets != -100  # row by row, positions ascending: the order `each` sees
+    if head is None:
+        states, measure = whole_logprobs(model, **batch)[valid], lambda x: x
+    else:
+        states, measure = head.final_hidden(**batch)[valid], head.logprobs
+    wanted = targets[valid]
+    nll = torch.zeros((), dtype=torch.float64, device=device)
+    for part in chunks(len(wanted), rows):
+        logprobs = measure(states[part])  # (n, V)
+        if each is not None:
+            each(logprobs, wanted[part])
+        # a gather, not F.nll_loss; summed in float64
+        nll -= logprobs.gather(-1, wanted[part].unsqueeze(-1)).double().sum()
+    return nll

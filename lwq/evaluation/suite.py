@@ -111,6 +111,7 @@ class Suite:
         kl_top_k: int | None = None,
         verbose: bool = False,
         text_by: str = "lm-eval",
+        logits_memory: float | None = None,
     ) -> None:
         self.spec = spec
         self.data_dir = Path(data_dir)
@@ -118,6 +119,7 @@ class Suite:
         self.batch_size = batch_size
         self.verbose = verbose
         self.text_by = text_by
+        self.logits_memory = logits_memory
         self.cross_check = cross_check if spec.text else "none"
         self.kl_top_k = kl_top_k if spec.text else None
         self.reference: ReferenceTopK | None = None
@@ -162,6 +164,7 @@ class Suite:
             bootstrap_iters=spec.bootstrap_iters,
             verbose=self.verbose,
             include_path=include,
+            logits_memory=self.logits_memory,
         ).prepare()
         return self
 
@@ -182,6 +185,7 @@ class Suite:
             max_length=self.spec.max_length,
             batch_size=self.batch_size,
             each=collector,
+            logits_memory=self.logits_memory,
         )
         self.reference = collector.result()
         self.reference.save(cache)
@@ -215,6 +219,7 @@ class Suite:
                 max_length=self.spec.max_length,
                 batch_size=self.batch_size,
                 each=meter,
+                logits_memory=self.logits_memory,
             )
             if by_lwq:
                 tasks[self.task_name] = {k: v for k, v in ppl.as_dict().items() if k != "tokens"}

@@ -6,9 +6,21 @@ calibration tokens, plus the perplexity ratio. Costs one forward pass over the
 calibration set per (block, bit-width), from the quantized block on: the blocks before it
 are full precision, so the hidden states entering it are recorded once (advanced block by
 block) and handed on (lwq.modeling.capture.starting_at), which halves the blocks run on
-average with the same numbers. The full-precision log-probabilities are computed once and
-kept on the host. The blocks come from the run's own variant source, so a
+average with the same numbers. The blocks come from the run's own variant source, so a
 calibrated backend (GPTQ) builds each (block, bits) once for the metric and the sweep.
+
+Memory (`logits_memory`, GB, the evaluation's setting): the reference is not kept as
+log-probabilities (32 x 256 calibration tokens x 49 k vocabulary is 1.6 GB for SmolLM2,
+the paper's 128 x 2048 with a 128 k vocabulary ~134 GB) but as what the KL needs per
+token: with logits z = s (W h + b) of final hidden states h, and p the reference's
+distribution, KL(p || q) = u . (h_p - h_q) + lse(z_q) - lse(z_p), u = s W^T p, the bias
+cancelling. So a token keeps u (width floats) and two numbers, and every (block, width)
+pass computes its logits `rows` positions at a time (lwq.evaluation.logits). It is also
+more exact: against float64 log-probabilities the float32 whole-logits formula was off by
+up to 1.3e-3 relative on small KLs of shrunk models, this one by at most 5e-5 (it never
+subtracts two nearly equal float32 log-probabilities; a test checks every family). An
+output layer with soft-capped logits (Gemma-2) is refused, since the
+identity needs logits linear in h. `logits_memory=None` keeps the whole-logits path.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from lwq.errors import LwqError
+from lwq.evaluation.logits import OutputHead, chunks, rows_per_chunk
 from lwq.metrics.base import METRICS, Metric, Scores
 from lwq.modeling.capture import BlockInputs, starting_at
 from lwq.plan import Plan
@@ -52,6 +65,83 @@ def _kl_and_nll(reference: list[torch.Tensor], quantized: list[torch.Tensor], ca
     return kl / tokens, nll / tokens
 
 
+def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """Per row, in float64: the KL is a small difference of two of them."""
+    top = logits.amax(dim=-1, keepdim=True)
+    return top.squeeze(-1).double() + (logits - top).exp().sum(dim=-1, dtype=torch.float64).log()
+
+
+class _BoundedReference:
+    """Per calibration token what the KL against the reference needs (see the module)."""
+
+    def __init__(self, head: OutputHead, calibration: torch.Tensor, batch_size: int, rows: int):
+        if head.softcap is not None:
+            raise LwqError(
+                "sensitivity with bounded logits needs logits linear in the hidden states; "
+                "this model soft-caps them: set eval.logits_memory=null"
+            )
+        self.head, self.calibration, self.rows = head, calibration, rows
+        self.batch_size = batch_size
+        self.pulled: list[torch.Tensor] = []  # per batch (N, D) float32: u = s W^T p
+        self.dot: list[torch.Tensor] = []  # per batch (N,) float64: u . h_p
+        self.lse: list[torch.Tensor] = []  # per batch (N,) float64: lse(z_p)
+        weight = head.output.weight
+        scale = 1.0 if head.scale is None else head.scale
+        nll, tokens = 0.0, 0
+        for hidden, targets in self._passes():
+            pulled = torch.empty_like(hidden)
+            lse = torch.empty(len(hidden), dtype=torch.float64, device=hidden.device)
+            for part in chunks(len(hidden), rows):
+                logits = head.logits(hidden[part])
+                lse[part] = _logsumexp(logits)
+                probs = (logits - lse[part].float().unsqueeze(-1)).exp()
+                pulled[part] = (probs @ weight.float()) * scale
+                nll += (lse[part] - logits.gather(-1, targets[part, None]).squeeze(-1)).sum().item()
+            self.pulled.append(pulled.cpu())
+            self.dot.append((pulled.double() * hidden.double()).sum(-1).cpu())
+            self.lse.append(lse.cpu())
+            tokens += len(targets)
+        self.nll = nll / tokens
+
+    def _passes(self):
+        """(final hidden states (N, D), next tokens (N,)) of each calibration batch, the
+        last position of every sequence dropped (it predicts nothing here)."""
+        device = self.head.output.weight.device
+        for start in range(0, len(self.calibration), self.batch_size):
+            ids = self.calibration[start : start + self.batch_size].to(device)
+            hidden = self.head.final_hidden(input_ids=ids)[:, :-1]
+            yield hidden.reshape(-1, hidden.shape[-1]), ids[:, 1:].reshape(-1)
+
+    def measure(self) -> tuple[float, float]:
+        """Mean KL(reference || model as it stands) per token, and the model's mean NLL."""
+        kl = nll = 0.0
+        tokens = 0
+        for n, (hidden, targets) in enumerate(self._passes()):
+            pulled = self.pulled[n].to(hidden.device)
+            kl += (self.dot[n].sum() - (pulled.double() * hidden.double()).sum()).item()
+            kl -= self.lse[n].sum().item()
+            for part in chunks(len(hidden), self.rows):
+                logits = self.head.logits(hidden[part])
+                lse = _logsumexp(logits)
+                kl += lse.sum().item()
+                nll += (lse - logits.gather(-1, targets[part, None]).squeeze(-1)).sum().item()
+            tokens += len(targets)
+        return kl / tokens, nll / tokens
+
+
+class _WholeReference:
+    """The reference's whole log-probabilities kept on the host (no memory bound)."""
+
+    def __init__(self, model, calibration: torch.Tensor, batch_size: int) -> None:
+        self.model, self.calibration, self.batch_size = model, calibration, batch_size
+        self.logprobs = _logprobs(model, calibration, batch_size)
+        self.nll = _kl_and_nll(self.logprobs, self.logprobs, calibration)[1]
+
+    def measure(self) -> tuple[float, float]:
+        quantized = _logprobs(self.model, self.calibration, self.batch_size)
+        return _kl_and_nll(self.logprobs, quantized, self.calibration)
+
+
 @torch.no_grad()
 def sensitivity_scores(
     model,
@@ -62,16 +152,22 @@ def sensitivity_scores(
     bits: int,
     table_bits: list[int] | None = None,
     batch_size: int = 8,
+    logits_memory: float | None = 0.25,
 ) -> Scores:
     """KL at `bits` per block (higher = more important); `details` has `kl@b` and `ppl@b`
     for every b in `table_bits` (and `bits`), plus the full-precision `ppl@16`.
 
     `engine` builds the quantized blocks (the run's backend); the model is left as given.
+    `logits_memory` (GB) bounds the log-probabilities held at once; None = whole logits.
     """
     check_sensitivity({"bits": bits, "table_bits": table_bits})
     widths = sorted({bits, *(table_bits or [])})
-    reference = _logprobs(model, calibration, batch_size)
-    _, ref_nll = _kl_and_nll(reference, reference, calibration)
+    if logits_memory is None:
+        reference = _WholeReference(model, calibration, batch_size)
+    else:
+        head = OutputHead(model)
+        rows = rows_per_chunk(head.vocab, logits_memory)
+        reference = _BoundedReference(head, calibration, batch_size, rows)
     entering = BlockInputs.capture(model, blocks, calibration, batch_size)
     details: dict[str, list[float]] = {f"{kind}@{b}": [] for b in widths for kind in ("kl", "ppl")}
     applier = PlanApplier(blocks, engine)
@@ -82,8 +178,7 @@ def sensitivity_scores(
                     Plan(tuple(b if j == i else FULL_PRECISION for j in range(len(blocks))))
                 )
                 with starting_at(blocks, entering):
-                    quantized = _logprobs(model, calibration, batch_size)
-                kl, nll = _kl_and_nll(reference, quantized, calibration)
+                    kl, nll = reference.measure()
                 details[f"kl@{b}"].append(kl)
                 details[f"ppl@{b}"].append(math.exp(nll))
             if i + 1 < len(blocks):
@@ -91,7 +186,7 @@ def sensitivity_scores(
                 entering.advance(blocks[i])
     finally:
         applier.restore()
-    details["ppl@16"] = [math.exp(ref_nll)] * len(blocks)
+    details["ppl@16"] = [math.exp(reference.nll)] * len(blocks)
     return Scores(tuple(details[f"kl@{bits}"]), True, {k: tuple(v) for k, v in details.items()})
 
 
