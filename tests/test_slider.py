@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from lwq.errors import LwqError
 from lwq.modeling.blocks import block_linears, find_blocks
 from lwq.modeling.capture import BlockInputs
 from lwq.quant import make_backend
@@ -80,3 +81,24 @@ def test_a_mixed_bit_window_stores_each_block_at_its_own_bits(first_blocks):
             assert max(levels) <= 2**b, (name, max(levels))
             held = backend.held_bytes(linear)
             assert held == backend.weight_bytes(original.get_submodule(name), b)
+
+
+def test_bf16_autocast_is_a_setting_that_changes_the_result_not_the_grid(first_blocks):
+    blocks, inputs = first_blocks
+    with pytest.raises(LwqError, match="autocast must be one of auto, off, bf16"):
+        make_backend("slider", autocast="fp16")
+    assert "autocast" not in make_backend("slider").settings()  # earlier keys stay valid
+    outs = {}
+    for mode in ("off", "bf16"):
+        backend = make_backend("slider", epochs=2, group_size=0, windows="0-2", autocast=mode)
+        assert backend.settings().get("autocast") == mode
+        outs[mode] = backend.quantize(copy.deepcopy(blocks), (2, 2, 2), inputs.copy())
+    pairs = [
+        (name, a.weight, b.weight)
+        for off, bf16 in zip(outs["off"], outs["bf16"], strict=True)
+        for (name, a), (_, b) in zip(block_linears(off), block_linears(bf16), strict=True)
+    ]
+    for name, _, weight in pairs:
+        assert weight.dtype == torch.float32, name  # merged in the loaded dtype
+        assert max(len(torch.unique(row)) for row in weight) <= 4, name  # 2 bits a channel
+    assert any(not torch.equal(a, b) for _, a, b in pairs)  # the bf16 passes were used

@@ -147,13 +147,18 @@ class Engine:
         self._kept[key] = self._quantized(i, original(i), plan.bits[i], self._cursor, device)
 
     def _calibrate_window(self, plan: Plan, original: Originals, device) -> None:
-        """Every block of `plan` calibrated together (a window backend)."""
+        """Every block of `plan` calibrated together (a window backend). A backend that
+        `resumes` gets the plan's resume file in the store: a killed calibration continues."""
         n = len(plan.bits)
+        resume = {}
+        if self.store is not None and getattr(self.backend, "resumes", False):
+            resume = {"resume": self.store.resume(tuple(plan.bits), n)}
 
         def build() -> Built:
             blocks = [copy.deepcopy(original(j)).to(device) for j in range(n)]
             try:
-                out = self.backend.quantize(blocks, plan.bits, self.first_inputs().copy())
+                inputs = self.first_inputs().copy()
+                out = self.backend.quantize(blocks, plan.bits, inputs, **resume)
             except LwqError as err:
                 raise LwqError(f"plan {list(plan.bits)}: {err}") from err
             self.builds += sum(b != FULL_PRECISION for b in plan.bits)

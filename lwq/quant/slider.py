@@ -16,13 +16,16 @@ between windows. At the end the weights are merged to codes, scales and zero poi
 
 A block is trained with its neighbours, so its result depends on the whole plan: the
 unit reaches every block (one calibration per plan, lwq.quant.engine). Calibration runs
-in float32 (bf16 autocast is not done yet).
+in the model's dtype, or with `autocast: bf16` (the default on CUDA) under bfloat16
+autocast with float32 learned tensors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -41,8 +44,22 @@ from lwq.quant.base import (
 from lwq.quant.rtn import RTN
 from lwq.quant.slider_schedule import parse_windows, schedule
 
+PARAMETERS = ("upper", "lower", "lora_a", "lora_b")  # what a LearnedWeight learns
+FLOAT32 = 4  # bytes of a learned number, its gradient and each AdamW moment
+GIB = 2**30
+AUTOCAST = ("auto", "off", "bf16")  # auto: bf16 on CUDA, CPU_AUTOCAST on the CPU
+CPU_AUTOCAST = "off"  # bf16 was slower on ref-tiny here (docs/backends.md: 63-78 s vs 81-88 s)
+
 BITS_ATTR = "lwq_slider_bits"  # set on a merged linear: the width its weights are on
 SCALE_LIMITS = (1e-5, 1e4)  # the authors' clamp of scales (CLIPMIN) and zero points
+
+
+class Resume(Protocol):
+    """Where a calibration keeps its state after each window (lwq.quant.store.ResumeFile)."""
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None: ...
+
+    def save(self, tensors: dict[str, torch.Tensor], position: dict[str, str]) -> None: ...
 
 
 class WholePlan(Window):
@@ -63,6 +80,7 @@ class LearnedWeight(nn.Module):
         super().__init__()
         out_features, in_features = weight.shape
         self.register_buffer("weight", weight.detach().float().clone())
+        self.dtype = weight.dtype  # the merged weights go back to the loaded dtype
         self.bits, self.group_size, self.rate = bits, group_size or in_features, 1.0
         rows = out_features * (in_features // self.group_size)
         self.upper = nn.Parameter(torch.full((rows, 1), init))
@@ -85,6 +103,10 @@ class LearnedWeight(nn.Module):
         return w, groups, scale, zero, levels
 
     def forward(self) -> torch.Tensor:
+        with torch.autocast(self.weight.device.type, enabled=False):  # the grid in float32
+            return self._quantized()
+
+    def _quantized(self) -> torch.Tensor:
         w, groups, scale, zero, levels = self._grid(clamp_zero=False)
         codes = (_round_ste(groups / scale) + zero).clamp(0, levels)
         dequantized = ((codes - zero) * scale).reshape(w.shape)
@@ -115,6 +137,7 @@ class LearnedLinear(nn.Module):
 class SliderQuant:
     name = "slider"
     unit = WholePlan()
+    resumes = True  # quantize takes `resume`: the engine hands it the plan's resume file
     supported_bits = frozenset({2, 3, 4, 8, FULL_PRECISION})
     contract = ContractCase(
         lambda: nn.Linear(100, 64),
@@ -137,6 +160,7 @@ class SliderQuant:
         lr_clip: float = 1e-2,
         clip_init: float = 4.0,
         seed: int = 2,
+        autocast: str = "auto",
     ) -> None:
         schedule(max(fill, 1), window, stride, fill)  # refuses a bad window/stride/fill now
         if group_size < 0 or (group_size and group_size % 8):
@@ -149,7 +173,12 @@ class SliderQuant:
             )
         self.window, self.stride, self.fill, self.windows = window, stride, fill, windows
         self.group_size, self.rank, self.epochs = group_size, rank, epochs
+        if autocast not in AUTOCAST:
+            raise LwqError(
+                f"quant.settings.autocast must be one of {', '.join(AUTOCAST)}, got {autocast!r}"
+            )
         self.lr_lora, self.lr_clip, self.clip_init, self.seed = lr_lora, lr_clip, clip_init, seed
+        self.autocast = autocast
 
     def settings(self) -> dict:
         return {
@@ -164,28 +193,56 @@ class SliderQuant:
             "lr_clip": self.lr_clip,
             "clip_init": self.clip_init,
             "seed": self.seed,
+            # added later: in the keys only when set, so earlier keys stay valid
+            **({} if self.autocast == "auto" else {"autocast": self.autocast}),
         }
 
-    def quantize(self, blocks, bits, inputs):
-        """Every block of `blocks` (copies, mutated) trained window by window for `bits`."""
+    def quantize(self, blocks, bits, inputs, resume: Resume | None = None):
+        """Every block of `blocks` (copies, mutated) trained window by window for `bits`.
+
+        With `resume` (lwq.quant.store.ResumeFile) each finished window is saved there and
+        a calibration starts after the last window saved: the result is bit for bit that of
+        an uninterrupted run (tests/test_slider_resume.py)."""
         n = len(blocks)
-        if self.windows:
-            windows = parse_windows(self.windows, n)
-        else:
-            windows = schedule(n, self.window, self.stride, self.fill)
+        windows = parse_windows(self.windows, n) if self.windows else self._schedule(n)
         full = [copy.deepcopy(b).requires_grad_(False) for b in blocks]
-        learned = [self._wrap(b, k) for b, k in zip(blocks, bits, strict=True)]
-        generator = torch.random.fork_rng(devices=[])
-        with generator, torch.enable_grad():
-            torch.manual_seed(self.seed)
-            for rate, epochs in ((0.5, self.epochs // 2), (1.0, self.epochs - self.epochs // 2)):
-                for weights in learned:
-                    for w in weights:
-                        w.rate = rate
-                self._pass(blocks, full, learned, windows, inputs, epochs)
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.manual_seed(self.seed)  # before the wrap: A's Kaiming draw is seeded too
+            learned = [self._wrap(b, k) for b, k in zip(blocks, bits, strict=True)]
+            start_pass, start_window = _restore(resume, learned)
+            for p, (rate, epochs) in enumerate(self._passes()):
+                if p < start_pass:
+                    continue
+                for w in (w for weights in learned for w in weights):
+                    w.rate = rate
+
+                def finished(done: int, p=p) -> None:
+                    if resume is not None:
+                        resume.save(_checkpoint(learned), {"pass": str(p), "done": str(done)})
+
+                first = start_window if p == start_pass else 0
+                with self._autocast(inputs.hidden[0].device):
+                    self._pass(blocks, full, learned, windows, inputs, epochs, first, finished)
         for block, k in zip(blocks, bits, strict=True):
             self._merge(block, k)
         return blocks
+
+    def _autocast(self, device: torch.device):
+        """bf16 autocast of the blocks' forward passes (`autocast`); the learned tensors
+        and the quantizer's arithmetic stay float32 (LearnedWeight.forward)."""
+        mode = self.autocast
+        if mode == "auto":
+            mode = "bf16" if device.type == "cuda" else CPU_AUTOCAST
+        if mode == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+
+    def _schedule(self, n: int) -> list[range]:
+        return schedule(n, self.window, self.stride, self.fill)
+
+    def _passes(self) -> tuple[tuple[float, int], tuple[float, int]]:
+        """(share of input columns quantized, epochs) of each pass."""
+        return (0.5, self.epochs // 2), (1.0, self.epochs - self.epochs // 2)
 
     def _wrap(self, block: nn.Module, bits: int) -> list[LearnedWeight]:
         if bits == FULL_PRECISION:
@@ -205,38 +262,91 @@ class SliderQuant:
             learned.append(weight)
         return learned
 
-    def _pass(self, blocks, full, learned, windows, inputs, epochs: int) -> None:
+    def _pass(self, blocks, full, learned, windows, inputs, epochs: int, first, finished) -> None:
+        """Windows `first`.. of one pass; `finished(k)` after each, k windows then done.
+
+        Both streams start at block 0 and advance lazily to each window's first block; a
+        window starting before the streams (some shallow schedules, e.g. L=3 W=S=2 F=2, go
+        back) restarts them at block 0. So the streams entering a window are always those
+        the blocks before it give with their current parameters, and a pass restarted at
+        window `first` with the parameters saved after window first-1 has the very streams
+        an unbroken pass had (recomputed, not saved: one forward through the blocks before
+        the window costs less than writing 2 x samples x seq_len x hidden floats a window)."""
         quantized, reference = inputs.copy(), inputs.copy()
         base = inputs.index  # the blocks given start at this block of the model
-        for window in windows:
+        for k in range(first, len(windows)):
+            window = windows[k]
+            if quantized.index - base > window.start:  # behind the streams: start again
+                quantized, reference = inputs.copy(), inputs.copy()
             while quantized.index - base < window.start:
                 quantized.advance(blocks[quantized.index - base])
                 reference.advance(full[reference.index - base])
             weights = [w for j in window for w in learned[j]]
-            if not weights:
-                continue
-            with torch.no_grad():
-                targets = [
-                    _run(full, window, h, inputs, base, b) for b, h in enumerate(reference.hidden)
-                ]
-            batch = quantized.hidden[0].shape[0]
-            lora = [p for w in weights for p in (w.lora_a, w.lora_b)]
-            clips = [p for w in weights for p in (w.upper, w.lower)]
-            optimizer = torch.optim.AdamW(
-                [
-                    {"params": lora, "lr": self.lr_lora * batch},
-                    {"params": clips, "lr": self.lr_clip * batch},
-                ],
-                weight_decay=0.0,
-            )
-            decay = _linear_decay(optimizer, max(epochs * len(targets), 1))
-            for _ in range(epochs):
-                for b, hidden in enumerate(quantized.hidden):
-                    loss = F.mse_loss(_run(blocks, window, hidden, inputs, base, b), targets[b])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    decay.step()
+            if weights:
+                self._train(blocks, full, weights, window, quantized, reference, epochs)
+            finished(k + 1)
+
+    def _train(self, blocks, full, weights, window, quantized, reference, epochs: int) -> None:
+        """One window: a fresh AdamW (so no optimiser state outlives it), MSE to the target."""
+        base = quantized.index - window.start  # the model's index of blocks[0]
+        with torch.no_grad():
+            targets = [
+                _run(full, window, h, reference, base, b) for b, h in enumerate(reference.hidden)
+            ]
+        batch = quantized.hidden[0].shape[0]
+        lora = [p for w in weights for p in (w.lora_a, w.lora_b)]
+        clips = [p for w in weights for p in (w.upper, w.lower)]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": lora, "lr": self.lr_lora * batch},
+                {"params": clips, "lr": self.lr_clip * batch},
+            ],
+            weight_decay=0.0,
+        )
+        decay = _linear_decay(optimizer, max(epochs * len(targets), 1))
+        for _ in range(epochs):
+            for b, hidden in enumerate(quantized.hidden):
+                loss = F.mse_loss(_run(blocks, window, hidden, quantized, base, b), targets[b])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                decay.step()
+
+    def calibration_bytes(
+        self, blocks, bits, samples: int, seq_len: int, hidden: int, dtype_bytes: int = 4
+    ) -> dict[str, int]:
+        """Bytes a calibration of `blocks` (meta tensors will do) for the plan's `bits` holds
+        at its peak, by part: hidden states and block copies in the model's dtype
+        (`dtype_bytes`, 4 = float32 as on the CPU), learned tensors in float32.
+
+        Four tensors of samples x seq_len x hidden are alive at once: block 0's inputs (kept
+        to restart both streams each pass), the two streams, and the window's targets (or,
+        between windows, a stream's next states while it advances). Not counted: the
+        loaded model itself (the dry run's weights) and the activations one batch keeps for
+        the backward pass through a window (one batch, not the calibration set)."""
+        stream = samples * seq_len * hidden * dtype_bytes
+        learned = [
+            0 if k == FULL_PRECISION else sum(self._learned(m) for _, m in block_linears(b))
+            for b, k in zip(blocks, bits, strict=True)
+        ]
+        n = len(blocks)
+        windows = parse_windows(self.windows, n) if self.windows else self._schedule(n)
+        largest = max(sum(learned[j] for j in w) for w in windows)
+        return {
+            "inputs": stream,
+            "streams": 2 * stream,
+            "targets": stream,
+            # every block's parameters; gradients and AdamW's two moments of the largest window
+            "learned": FLOAT32 * (sum(learned) + 3 * largest),
+            "weights": sum(_copies(b, k, dtype_bytes) for b, k in zip(blocks, bits, strict=True)),
+        }
+
+    def _learned(self, module: nn.Module) -> int:
+        """Learned numbers of one linear: the rank update (A and B) and two clips a group."""
+        linear = as_linear(self.name, module)
+        groups = linear.in_features // (self.group_size or linear.in_features)
+        out_features, in_features = linear.out_features, linear.in_features
+        return self.rank * (in_features + out_features) + 2 * out_features * groups
 
     @staticmethod
     def _merge(block: nn.Module, bits: int) -> None:
@@ -244,9 +354,7 @@ class SliderQuant:
             if isinstance(module, LearnedLinear):
                 weight = module.learned.merged()
                 linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
-                linear.weight = nn.Parameter(
-                    weight.to(module.learned.weight.dtype), requires_grad=False
-                )
+                linear.weight = nn.Parameter(weight.to(module.learned.dtype), requires_grad=False)
                 if module.bias is not None:
                     linear.bias = nn.Parameter(module.bias, requires_grad=False)
                 setattr(linear, BITS_ATTR, bits)
@@ -279,6 +387,67 @@ class SliderQuant:
                 f"quant=slider group_size={size} must divide the input size {in_features}"
             )
         return RTN(group_size=size).weight_bytes(module, bits)
+
+
+def _copies(block: nn.Module, bits: int, dtype_bytes: int) -> int:
+    """Bytes of the block's two copies during calibration: the full-precision reference in
+    the model's dtype, and the working copy whose linears (if quantized) hold a float32
+    copy of their weights (LearnedWeight.weight)."""
+    params = sum(p.numel() for p in block.parameters())
+    if bits == FULL_PRECISION:
+        return 2 * params * dtype_bytes
+    weights = sum(as_linear("slider", m).weight.numel() for _, m in block_linears(block))
+    return params * dtype_bytes + weights * FLOAT32 + (params - weights) * dtype_bytes
+
+
+def check_fits(needed: dict[str, int], available: int, where: str) -> None:
+    """Refuse, before it starts, a calibration whose `needed` parts (calibration_bytes)
+    exceed the `available` bytes of `where` (a device, the host)."""
+    total = sum(needed.values())
+    if total <= available:
+        return
+    parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in needed.items())
+    raise LwqError(
+        f"quant=slider needs {total / GIB:.1f} GiB on {where} ({parts} GiB) but "
+        f"{available / GIB:.1f} GiB are free; lower calib.samples or calib.seq_len "
+        "(inputs, streams and targets grow with both)"
+    )
+
+
+def _checkpoint(learned: list[list[LearnedWeight]]) -> dict[str, torch.Tensor]:
+    """What a resumed calibration needs besides its position: every block's learned
+    parameters and the CPU random state. No optimiser state: each window starts a fresh
+    AdamW. (Nothing draws random numbers after the seeded Kaiming init today; the state is
+    kept so a draw added to the loop, a shuffle say, stays resumable.)"""
+    tensors = {
+        f"{j}.{m}.{name}": getattr(w, name).detach().cpu().contiguous()
+        for j, weights in enumerate(learned)
+        for m, w in enumerate(weights)
+        for name in PARAMETERS
+    }
+    tensors["rng"] = torch.get_rng_state()
+    return tensors
+
+
+def _restore(resume: Resume | None, learned: list[list[LearnedWeight]]) -> tuple[int, int]:
+    """Load the last saved window's parameters into `learned`; (pass, windows done in it)."""
+    saved = None if resume is None else resume.load()
+    if saved is None:
+        return 0, 0
+    tensors, position = saved
+    expected = set(_checkpoint(learned))
+    if set(tensors) != expected:
+        raise LwqError(
+            f"{getattr(resume, 'path', 'the resume file')} does not fit this calibration's "
+            "blocks; delete it to calibrate from the start"
+        )
+    with torch.no_grad():
+        for j, weights in enumerate(learned):
+            for m, w in enumerate(weights):
+                for name in PARAMETERS:
+                    getattr(w, name).copy_(tensors[f"{j}.{m}.{name}"])
+    torch.set_rng_state(tensors["rng"])
+    return int(position["pass"]), int(position["done"])
 
 
 def _linear_decay(optimizer, steps: int):

@@ -5,7 +5,9 @@ A kept backend's blocks (lwq.quant.base.KeptBackend: GPTQ's blocks of one width 
 full-precision model's inputs, a window backend's blocks of one plan) are built once by
 whichever job needs them first; the others wait for its claim (lwq.claims) and then read
 them. One safetensors file a block (the backend's `state`: no pickle) and a `complete`
-marker written last, so a killed build leaves nothing that looks finished.
+marker written last, so a killed build leaves nothing that looks finished. A window
+calibration's resume file (`ResumeFile`) sits in the same folder until that marker is
+written.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lwq.claims import computed_once
@@ -43,9 +46,8 @@ class VariantStore:
     ) -> Built:
         """The blocks built at `bits` (one width for every block, or a whole plan's bits),
         loaded from disk or `build()`-ed and saved. `n` is the number of blocks."""
-        # the name is unchanged since blocks were first stored: old stores stay valid
-        name = "variants-" + digest({"identity": self.identity, "bits": bits, "blocks": n})
-        folder = self.directory / name
+        folder = self.folder(bits, n)
+        name = folder.name
         width = (lambda j: bits) if isinstance(bits, int) else (lambda j: bits[j])
 
         def ready() -> Built | None:
@@ -71,6 +73,47 @@ class VariantStore:
                 os.replace(partial, folder / f"{j}.safetensors")
             marker = {"identity": self.identity, "bits": bits, "held": sorted(built)}
             (folder / "complete").write_text(json.dumps(marker))
+            ResumeFile(folder).clear()  # complete: nothing left to resume
             return built
 
         return computed_once(self.directory / "claims", name, ready, make)[0]
+
+    def folder(self, bits: int | tuple[int, ...], n: int) -> Path:
+        """Where the blocks built at `bits` (of `n` blocks) are kept."""
+        # the name is unchanged since blocks were first stored: old stores stay valid
+        return self.directory / (
+            "variants-" + digest({"identity": self.identity, "bits": bits, "blocks": n})
+        )
+
+    def resume(self, bits: tuple[int, ...], n: int) -> ResumeFile:
+        """The resume file of the calibration of plan `bits`, beside its blocks."""
+        return ResumeFile(self.folder(bits, n))
+
+
+class ResumeFile:
+    """A long calibration's state after its last finished step (a window), so a killed
+    run continues from there: tensors and a position (str -> str) in one safetensors
+    file, replaced atomically, removed by the store once the blocks are complete."""
+
+    NAME = "resume.safetensors"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / self.NAME
+
+    def load(self) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        if not self.path.exists():
+            return None
+        with safe_open(str(self.path), "pt") as f:
+            position = f.metadata() or {}
+        return load_file(str(self.path)), position
+
+    def save(self, tensors: dict[str, torch.Tensor], position: dict[str, str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f".{self.NAME}.{os.getpid()}.tmp")
+        save_file(tensors, str(partial), metadata=position)
+        os.replace(partial, self.path)  # a kill leaves the old file or the new one, whole
+
+    def clear(self) -> None:
+        """The file and any temporary file a killed save left behind."""
+        for path in [self.path, *self.path.parent.glob(f".{self.NAME}.*.tmp")]:
+            path.unlink(missing_ok=True)
