@@ -49,6 +49,7 @@ bench-smollm2: smollm2  ## the per-model sections on SmolLM2-135M, added to benc
 	$(PYTHON) -m bench --section roofline model=smollm2-135m eval.limit=8
 	$(PYTHON) -m bench --section stages model=smollm2-135m eval.limit=4
 	$(PYTHON) -m bench --section memory model=smollm2-135m eval.limit=4
+	$(PYTHON) -m bench --section reuse model=smollm2-135m eval.limit=8
 
 .PHONY: slurm-up slurm-down test-slurm
 

@@ -34,6 +34,7 @@ import torch
 from bench.backends import bench_backends
 from bench.evaluation import bench_eval_modes, bench_kl_bound
 from bench.pipeline import bench_pipeline
+from bench.reuse import bench_reuse
 from bench.roofline import bench_roofline
 from bench.stages import bench_memory, bench_stages, merge_stages
 from bench.table import summary_lines
@@ -51,12 +52,14 @@ SECTIONS = (
     "roofline",
     "stages",
     "memory",
+    "reuse",
 )
 PER_MODEL = {
     "pipeline": bench_pipeline,
     "roofline": bench_roofline,
     "stages": bench_stages,
     "memory": bench_memory,
+    "reuse": bench_reuse,
 }
 
 

@@ -60,6 +60,18 @@ def summary_lines(result: dict) -> list[str]:
                 "",
             )
         )
+    for model, r in result.get("reuse", {}).items():
+        saved = ", ".join(f"{name} {p['saved']:.0%}" for name, p in r["planned"].items())
+        m = r["measured_11_point"]
+        rows.append((f"reuse {model}: block-forwards saved", saved, ">= 40% every-k, 15% 11-point"))
+        rows.append(
+            (
+                f"reuse {model}: 11-point sweep on vs off",
+                f"{m['reuse on']['seconds']} s vs {m['reuse off']['seconds']} s, "
+                f"identical numbers: {m['identical_numbers']}",
+                "",
+            )
+        )
     if not rows:
         return []
     width = max(len(name) for name, _, _ in rows)

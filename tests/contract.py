@@ -224,7 +224,7 @@ def check_a_two_point_sweep_records_true_sizes(name: str, tmp_path: Path) -> Non
         )
     )
     records = RecordStore(results / "ref-tiny" / "records.jsonl").read()
-    points = [r for r in records if r["kind"] == "quantized"]
+    points = sorted((r for r in records if r["kind"] == "quantized"), key=lambda r: r["k"])
     assert [r["avg_bits"] for r in points] == [high, low]
     assert points[0]["weight_bytes"] > points[1]["weight_bytes"]
     for r in points:

@@ -61,6 +61,8 @@ class RunContext:
     tracker: object = None
     shared: dict = field(default_factory=dict)  # fields every record of the run has
     logits_memory: float | None = 0.25  # GB of log-probabilities at once (eval.logits_memory)
+    reuse_memory: float | None = None  # GB of kept hidden states (eval.reuse_memory); None = off
+    reuse_on: str = "host"  # where they are kept: host | device
 
     def applier(self, packed: bool = False) -> PlanApplier:
         return PlanApplier(self.blocks, self.engine, packed)
@@ -123,6 +125,8 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
         cache_dir=run.paths.cache,
         calibration=calibration,
         logits_memory=run.eval.logits_memory,
+        reuse_memory=run.eval.reuse_memory,
+        reuse_on=run.eval.reuse_on,
     )
     if evaluate:
         context.suite = suite

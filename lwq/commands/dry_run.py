@@ -24,7 +24,9 @@ from lwq.commands.points import Point, plan_points
 from lwq.commands.preflight import check_against_checkpoint
 from lwq.commands.score_source import cached_only
 from lwq.config import RunConfig
+from lwq.data import chunk_documents, load_texts, seeded_subset
 from lwq.errors import LwqError
+from lwq.evaluation.lm_eval_internals import rows_within
 from lwq.modeling.blocks import find_blocks
 from lwq.modeling.load import (
     CheckpointFacts,
@@ -106,7 +108,7 @@ def _estimates(run, config, sizes: SizeTable, store, planned) -> dict:
     vocab = config.vocab_size
     heads = config.num_attention_heads
     inter = getattr(config, "intermediate_size", 4 * hidden)
-    logits = 2 * batch * window * vocab * FLOAT32  # logits and their log-softmax in float32
+    logits = _logits_bytes(run.eval, batch, window, vocab)
     attention = batch * heads * window * window * dtype_bytes
     mlp = 3 * batch * window * inter * dtype_bytes
     block_params = sum(sizes.block_bytes(i, 16) // 2 for i in range(len(sizes)))
@@ -114,6 +116,8 @@ def _estimates(run, config, sizes: SizeTable, store, planned) -> dict:
     earlier = [r for r in store.scan().records if r.get("status", "ok") == "ok"]
     seconds = [r["seconds"] + r.get("quantize_seconds", 0) for r in earlier if "seconds" in r]
     return {
+        "boundary_gb": _boundary_bytes(run, hidden, dtype_bytes) / GB,
+        "sensitivity_gb": _sensitivity_bytes(run, hidden, vocab, dtype_bytes) / GB,
         "weights_gb": params * dtype_bytes / GB,
         "peak_gb": (params * dtype_bytes + max(logits, attention + mlp)) / GB,
         "kept_originals_gb": block_params * dtype_bytes / GB,
@@ -156,6 +160,19 @@ def _print(run, source, n_blocks, planned, estimate, alike: bool) -> None:
         f"{run.eval.spec.max_length} tokens; kept original blocks up to "
         f"{e['kept_originals_gb']:.2f} GB on the host"
     )
+    if run.eval.reuse_memory and e["boundary_gb"]:
+        print(
+            f"prefix reuse: one block boundary of the held-out passes keeps ~"
+            f"{e['boundary_gb'] * 1e3:.0f} MB (held-out tokens estimated at 4 characters "
+            f"each); eval.reuse_memory={run.eval.reuse_memory:g} GB holds "
+            f"{int(run.eval.reuse_memory / e['boundary_gb'])} of them"
+        )
+    if e["sensitivity_gb"]:
+        print(
+            f"sensitivity table: {e['sensitivity_gb']:.2f} GB besides the weights "
+            f"({run.calib.samples} x {run.calib.seq_len} calibration tokens: the block inputs "
+            "and, per token, the width-sized vector the KL needs)"
+        )
     if e["seconds_estimate"] is None:
         print(f"time: {e['to_evaluate']} points to evaluate; no earlier records to estimate from")
     else:
@@ -163,6 +180,48 @@ def _print(run, source, n_blocks, planned, estimate, alike: bool) -> None:
             f"time (estimate): {e['to_evaluate']} points to evaluate, about "
             f"{e['seconds_estimate'] / 60:.1f} min (median of {e['estimated_from']} earlier points)"
         )
+
+
+def _logits_bytes(eval_config, batch: int, window: int, vocab: int) -> int:
+    """The largest float32 log-probabilities of the evaluation: lwq's bounded chunks or
+    lm-eval's rows (lwq.evaluation.logits, lm_eval_internals.rows_within)."""
+    whole = 2 * batch * window * vocab * FLOAT32  # logits and their log-softmax
+    if eval_config.logits_memory is None:
+        return whole
+    rows = rows_within(eval_config.logits_memory, window, vocab, batch)
+    return max(int(eval_config.logits_memory * GB), 2 * rows * window * vocab * FLOAT32)
+
+
+def _boundary_bytes(run, hidden: int, dtype_bytes: int) -> int:
+    """The hidden states entering one block for every held-out token (prefix reuse)."""
+    spec = run.eval.spec
+    if not spec.text:
+        return 0
+    try:
+        pieces = seeded_subset(
+            chunk_documents(load_texts(spec.text, run.paths.data), spec.chunk_chars),
+            spec.limit,
+            spec.seed,
+        )
+    except (LwqError, OSError):
+        return 0  # the text is not here (the sweep itself will say so)
+    tokens = sum(len(p) for p in pieces) // 4
+    return tokens * hidden * dtype_bytes
+
+
+def _sensitivity_bytes(run, hidden: int, vocab: int, dtype_bytes: int) -> int:
+    """What a sensitivity table holds besides the weights, when the run measures one: the
+    inputs entering a block (model dtype) and per token u (float32) and two float64s, plus
+    one chunk of log-probabilities (lwq.metrics.sensitivity)."""
+    measured = run.metric.name == "sensitivity" or (
+        run.budget.avg_bits is not None or run.budget.bytes is not None
+    )
+    if not measured:
+        return 0
+    tokens = run.calib.samples * run.calib.seq_len
+    per_token = hidden * dtype_bytes + hidden * FLOAT32 + 16
+    chunk = int((run.eval.logits_memory or 0) * GB) or 2 * 8 * run.calib.seq_len * vocab * 4
+    return tokens * per_token + chunk
 
 
 def _size(n_bytes: int) -> str:

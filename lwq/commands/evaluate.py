@@ -23,7 +23,9 @@ from tqdm import tqdm
 from lwq.claims import Claims
 from lwq.commands.context import RunContext
 from lwq.commands.points import Point
+from lwq.commands.reuse import SweepReuse
 from lwq.commands.stopping import StopSignals
+from lwq.modeling.prefix import PrefixCache
 from lwq.modeling.prune import blocks_removed
 from lwq.results.record import build_record, failed_record
 from lwq.results.tracking import tracked_values
@@ -46,6 +48,7 @@ def evaluate_points(
     todo = [p for p in points if p.key not in done]
     if len(todo) < len(points):
         tqdm.write(f"{len(points) - len(todo)} of {len(points)} points already in {ctx.store.path}")
+    reuse, todo = _reuse(ctx, todo)
     written: list[dict] = []
     failed: list[dict] = []
     if todo and ctx.kl_cache is not None:  # before any plan is installed: the model as loaded
@@ -56,7 +59,7 @@ def evaluate_points(
         with Claims(ctx.store.path.parent / "claims") as claims:
             while todo:
                 elsewhere = []
-                for point in todo:
+                for n, point in enumerate(todo):
                     bar.set_postfix_str(point.label)
                     # the point, and its plan (which another ordering's point may share)
                     held = _claim(claims, [point.key, point.plan_key(ctx.identity)])
@@ -65,7 +68,10 @@ def evaluate_points(
                         continue
                     try:
                         if point.key not in ctx.store.done_keys():  # recorded meanwhile?
-                            record = _evaluate(ctx, applier, point, stop, high=high, low=low)
+                            around = reuse.context(point, todo[n + 1 :])
+                            record = _evaluate(
+                                ctx, applier, point, stop, high=high, low=low, reuse=around
+                            )
                             _keep(ctx, record, written, failed)
                     finally:
                         for key in held:
@@ -75,7 +81,30 @@ def evaluate_points(
     finally:
         bar.close()
         applier.restore()
+    if reuse.cache is not None and reuse.cache.blocks_run:
+        run, skipped = reuse.cache.blocks_run, reuse.cache.blocks_skipped
+        tqdm.write(
+            f"prefix reuse: ran {run} of {run + skipped} block-forwards of the held-out passes "
+            f"({skipped / (run + skipped):.0%} skipped, numbers unchanged)"
+        )
     return written, failed
+
+
+def _reuse(ctx: RunContext, todo: list[Point]) -> tuple[SweepReuse, list[Point]]:
+    """The prefix reuse of this sweep (eval.reuse_memory), announced with what it saves,
+    and the points in the order it evaluates them."""
+    if not ctx.reuse_memory or not ctx.suite or not ctx.suite.texts:
+        return SweepReuse(None, ctx.engine, ctx.blocks), todo
+    reuse = SweepReuse(PrefixCache(ctx.reuse_memory, ctx.reuse_on), ctx.engine, ctx.blocks)
+    ordered = reuse.order(todo)
+    run, full = reuse.savings(ordered)
+    if full and run < full:
+        tqdm.write(
+            f"evaluating {len(ordered)} points in the order that shares most blocks: the "
+            f"held-out passes run {run} of {full} block-forwards per input "
+            f"({1 - run / full:.0%} fewer, within eval.reuse_memory={ctx.reuse_memory:g} GB)"
+        )
+    return reuse, ordered
 
 
 def _claim(claims: Claims, keys: list[str]) -> list[str]:
@@ -114,7 +143,9 @@ def _still_open(ctx: RunContext, elsewhere: list[Point], claims: Claims) -> list
     return open_points
 
 
-def _evaluate(ctx: RunContext, applier, point: Point, stop: StopSignals, *, high, low) -> dict:
+def _evaluate(
+    ctx: RunContext, applier, point: Point, stop: StopSignals, *, high, low, reuse=None
+) -> dict:
     """Install, evaluate and record one point (or its failure); returns the record. A point
     whose plan was evaluated already (by another ordering) gets that result again."""
     plan_key = point.plan_key(ctx.identity)
@@ -139,7 +170,7 @@ def _evaluate(ctx: RunContext, applier, point: Point, stop: StopSignals, *, high
         started = time.time()
         with peak_memory(ctx.device) as eval_memory, _removed(ctx, point):
             result = ctx.suite.evaluate(
-                ctx.model, ctx.tokenizer, reference_point=point.kind == "reference"
+                ctx.model, ctx.tokenizer, reference_point=point.kind == "reference", reuse=reuse
             )
         _check_finite(result)
         record = build_record(

@@ -44,8 +44,11 @@ def run_sweep(run: RunConfig) -> list[dict]:
             raise
         finally:
             ctx.close()
-    wanted = {p.key for p in points}
-    records = [r for r in ctx.store.read() if r.get("point_key") in wanted]
+    planned = {p.key: n for n, p in enumerate(points)}  # the table in the planned order
+    records = sorted(
+        (r for r in ctx.store.read() if r.get("point_key") in planned),
+        key=lambda r: planned[r["point_key"]],
+    )
     print(format_table(records))
     print(sensitivity_summary(run, ctx.identity, records))
     if failed:

@@ -300,6 +300,7 @@ def _eval(node: dict) -> EvalConfig:
         num_fewshot=fewshot,
         include_path=str(Path(include).expanduser().resolve()) if include else None,
         local=local,
+        dtype=_choice(node.get("dtype", "float32"), ("float32", "bfloat16"), "eval.dtype"),
     )
     _check_suite(spec)
     batch_size = _positive_int(node["batch_size"], "eval.batch_size")
@@ -317,6 +318,8 @@ def _eval(node: dict) -> EvalConfig:
         top_k if kl else None,
         text_by,
         _gigabytes_or_none(node.get("logits_memory"), "eval.logits_memory"),
+        _gigabytes_or_none(node.get("reuse_memory") or None, "eval.reuse_memory"),
+        _choice(node.get("reuse_on", "host"), ("host", "device"), "eval.reuse_on"),
     )
 
 

@@ -123,6 +123,8 @@ class EvalConfig:
     kl_top_k: int | None  # KL divergence to the unquantized model; None = off
     text_by: str = "lm-eval"  # speed only: who scores the held-out text on quantized points
     logits_memory: float | None = None  # GB of log-probabilities at once; None = whole logits
+    reuse_memory: float | None = None  # GB of hidden states kept for prefix reuse; None = off
+    reuse_on: str = "host"  # host | device: where they are kept
 
 
 @dataclass(frozen=True)

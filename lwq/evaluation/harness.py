@@ -68,6 +68,7 @@ class Harness:
         verbose: bool = False,
         include_path: Path | None = None,
         logits_memory: float | None = None,
+        autocast: str | None = None,
     ) -> None:
         _check_tasks(tasks, limit)
         self.tasks = tuple(tasks)
@@ -78,6 +79,7 @@ class Harness:
         self.bootstrap_iters = bootstrap_iters
         self.verbose = verbose
         self.logits_memory = logits_memory  # GB bound on lm-eval's log-softmax (its rows)
+        self.autocast = autocast  # HFLM's mixed_precision_dtype (it disables an outer autocast)
         self.include_path = None if include_path is None else Path(include_path).resolve()
         self._lms: dict[tuple, Any] = {}
         self._loaded: dict[str, Any] | None = None
@@ -98,10 +100,17 @@ class Harness:
         return self
 
     def evaluate(
-        self, model, tokenizer, *, desc: str = "eval", skip: set[str] | frozenset = frozenset()
+        self,
+        model,
+        tokenizer,
+        *,
+        desc: str = "eval",
+        skip: set[str] | frozenset = frozenset(),
+        rolling=None,
     ) -> dict[str, dict[str, float]]:
         """{task: {metric: value, metric + "_stderr": value}} for `model` on every task but
-        those named in `skip`.
+        those named in `skip`; `rolling()`, if given, is a context every rolling
+        log-likelihood (held-out text) runs in (prefix reuse), not the accuracy tasks'.
 
         A stderr is present only where lm-eval computes one (not for the weighted
         perplexities). Puts `model` in eval mode; the first call with a model also calls
@@ -120,14 +129,19 @@ class Harness:
         for task in bar:
             bar.set_postfix_str(task.name)
             samples = {task.name: self._samples[task.name]} if task.name in self._samples else None
-            out = evaluate(
-                lm=self._lm(model, tokenizer, task.lm_options),
-                task_dict={"tasks": {task.name: self._loaded[task.name]}},
-                limit=self.limit,
-                samples=samples,
-                bootstrap_iters=self.bootstrap_iters,
-                log_samples=False,
-            )
+            lm = self._lm(model, tokenizer, task.lm_options)
+            lm.lwq_rolling = rolling
+            try:
+                out = evaluate(
+                    lm=lm,
+                    task_dict={"tasks": {task.name: self._loaded[task.name]}},
+                    limit=self.limit,
+                    samples=samples,
+                    bootstrap_iters=self.bootstrap_iters,
+                    log_samples=False,
+                )
+            finally:
+                lm.lwq_rolling = None
             scores[task.name] = _task_scores(out["results"][task.name])
         return scores
 
@@ -157,6 +171,7 @@ class Harness:
                 tokenizer=tokenizer,
                 batch_size=self.batch_size,
                 max_length=self.max_length,
+                mixed_precision_dtype=self.autocast,
                 **options,
             )
             lm.lwq_quiet = not self.verbose

@@ -7,14 +7,16 @@ model: a task's `build_all_requests` (rendering, done once: `RequestsOnce`), HFL
 `_encode_pair` (tokenizing each pair once) and the progress bars of HFLM's request
 methods; it also sets HFLM's batch size per call of `_loglikelihood_tokens` so that the
 whole (batch x length x vocabulary) log-softmax lm-eval computes stays under
-`eval.logits_memory` (`rows_within`); and it sets the offline flags `datasets` and
-`huggingface_hub` read at import.
+`eval.logits_memory` (`rows_within`), and wraps its rolling log-likelihoods (held-out
+text) in the caller's context (`lwq_rolling`: prefix reuse, lwq.modeling.prefix); and
+it sets the offline flags `datasets` and `huggingface_hub` read at import.
 Those internals change between releases, so `check_version` refuses any lm-eval but
 the one these overrides were checked against (pyproject pins it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -78,12 +80,15 @@ def encode_once_hflm():
     class EncodeOnceHFLM(HFLM):
         lwq_quiet = False  # True: no progress bar per request type (the sweep has its own)
         lwq_logits_memory: float | None = None  # GB for lm-eval's logits; None = no bound
+        lwq_rolling = None  # a context factory around rolling log-likelihoods (prefix reuse)
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return super().loglikelihood(requests, disable_tqdm or self.lwq_quiet)
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-            return super().loglikelihood_rolling(requests, disable_tqdm or self.lwq_quiet)
+            around = self.lwq_rolling() if self.lwq_rolling else contextlib.nullcontext()
+            with around:
+                return super().loglikelihood_rolling(requests, disable_tqdm or self.lwq_quiet)
 
         def generate_until(self, requests, disable_tqdm: bool = False):
             return super().generate_until(requests, disable_tqdm or self.lwq_quiet)

@@ -9,11 +9,14 @@ A suite (`conf/eval/<name>.yaml`) has up to two parts:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from lwq.data import chunk_documents, load_texts, seeded_subset, source_files
 from lwq.errors import LwqError
@@ -55,6 +58,7 @@ class EvalSpec:
     num_fewshot: dict[str, int] = field(default_factory=dict)
     include_path: str | None = None
     local: dict[str, dict] = field(default_factory=dict)
+    dtype: str = "float32"  # bfloat16: the evaluation's forwards under bf16 autocast
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -72,6 +76,8 @@ class EvalSpec:
         for key in ("num_fewshot", "include_path", "local"):
             if not out[key]:
                 del out[key]
+        if out["dtype"] == "float32":
+            del out["dtype"]
         return out
 
     def limit_for(self, task: str) -> int | None:
@@ -165,6 +171,7 @@ class Suite:
             verbose=self.verbose,
             include_path=include,
             logits_memory=self.logits_memory,
+            autocast=None if spec.dtype == "float32" else spec.dtype,
         ).prepare()
         return self
 
@@ -178,19 +185,32 @@ class Suite:
             self.reference = ReferenceTopK.load(cache)
             return
         collector = TopKCollector(self.kl_top_k)
-        perplexity(
-            model,
-            tokenizer,
-            self.texts,
-            max_length=self.spec.max_length,
-            batch_size=self.batch_size,
-            each=collector,
-            logits_memory=self.logits_memory,
-        )
+        with self._autocast(model):
+            perplexity(
+                model,
+                tokenizer,
+                self.texts,
+                max_length=self.spec.max_length,
+                batch_size=self.batch_size,
+                each=collector,
+                logits_memory=self.logits_memory,
+            )
         self.reference = collector.result()
         self.reference.save(cache)
 
-    def evaluate(self, model, tokenizer, *, reference_point: bool = False) -> dict:
+    def _autocast(self, model):
+        """bf16 autocast on the model's device for `eval.dtype=bfloat16`, else nothing."""
+        if self.spec.dtype != "bfloat16":
+            return contextlib.nullcontext()
+        device = next(model.parameters()).device.type
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+    def evaluate(self, model, tokenizer, *, reference_point: bool = False, reuse=None) -> dict:
+        """Every measure of the suite on `model` (under `eval.dtype`'s autocast)."""
+        with self._autocast(model):
+            return self._evaluate(model, tokenizer, reference_point=reference_point, reuse=reuse)
+
+    def _evaluate(self, model, tokenizer, *, reference_point: bool, reuse) -> dict:
         """{"tasks": {task: {metric: value, metric_stderr: value}},
         "average": {"acc": mean, "acc_norm": mean} or None,
         "kl": {"mean", "p99", "top1_agreement", "tokens", "top_k"} or None,
@@ -198,10 +218,14 @@ class Suite:
 
         The held-out text's task also gets `token_perplexity`: lm-eval's own log-likelihood
         per token (its word perplexity renormalised by the tokens of the same texts).
+        `reuse()`, if given, is the context the held-out text's passes run in (lm-eval's and
+        lwq's): prefix reuse (lwq.modeling.prefix); the accuracy tasks run without it.
         """
         by_lwq = self.text_by == "lwq" and self.task_name is not None and not reference_point
         skip = {self.task_name} if by_lwq else set()
-        tasks = self.harness.evaluate(model, tokenizer, desc=f"eval {self.spec.name}", skip=skip)
+        tasks = self.harness.evaluate(
+            model, tokenizer, desc=f"eval {self.spec.name}", skip=skip, rolling=reuse
+        )
         if self.task_name and not by_lwq:
             tasks[self.task_name]["token_perplexity"] = self._token_perplexity(
                 tasks[self.task_name], tokenizer
@@ -212,15 +236,16 @@ class Suite:
             if self.kl_top_k is not None and self.reference is None:
                 raise LwqError("the KL reference is not prepared; call prepare_reference first")
             meter = KLMeter(self.reference) if self.kl_top_k is not None else None
-            ppl = perplexity(
-                model,
-                tokenizer,
-                self.texts,
-                max_length=self.spec.max_length,
-                batch_size=self.batch_size,
-                each=meter,
-                logits_memory=self.logits_memory,
-            )
+            with reuse() if reuse else contextlib.nullcontext():
+                ppl = perplexity(
+                    model,
+                    tokenizer,
+                    self.texts,
+                    max_length=self.spec.max_length,
+                    batch_size=self.batch_size,
+                    each=meter,
+                    logits_memory=self.logits_memory,
+                )
             if by_lwq:
                 tasks[self.task_name] = {k: v for k, v in ppl.as_dict().items() if k != "tokens"}
             else:

@@ -66,6 +66,11 @@ class Engine:
             return (bits, tuple(plan.bits[:i]))
         return (bits, tuple(plan.bits[j] for j in unit.reach(i, len(plan.bits))))
 
+    def keys(self, plan: Plan) -> tuple[tuple, ...]:
+        """Every block's key: two plans with equal keys up to block j compute the same
+        hidden states entering it (lwq.modeling.prefix)."""
+        return tuple(self.key(i, plan) for i in range(len(plan.bits)))
+
     def variant(
         self,
         i: int,
