@@ -74,3 +74,23 @@ def test_a_calibration_that_does_not_fit_is_refused_naming_the_fix():
     check_fits(needed, 16 * GIB, "cuda:0")
     with pytest.raises(LwqError, match=r"needs 16\.0 GiB on cuda:0 .* lower calib\.samples"):
         check_fits(needed, 16 * GIB - 1, "cuda:0")
+
+
+def test_run_py_refuses_a_calibration_larger_than_free_memory_before_loading(capsys):
+    from tests.conftest import REF_MODEL, refused_by_run_py
+
+    line = refused_by_run_py(
+        capsys, f"model.path={REF_MODEL}", "quant=slider", "calib.samples=200000"
+    )
+    assert "quant=slider needs" in line and "lower calib.samples or calib.seq_len" in line
+    assert "streams 48.83" in line  # 2 x 200000 x 256 tokens x 128 wide x 4 bytes
+
+
+def test_the_dry_run_states_the_calibration_memory(capsys):
+    from lwq.commands.dry_run import run_dry
+    from tests.conftest import REF_MODEL, compose_config
+
+    run_dry(compose_config(f"model.path={REF_MODEL}", "quant=slider", "tracking=none"))
+    out = capsys.readouterr().out
+    assert "calibration (quant=slider, every block at 2 bits)" in out
+    assert "streams 0.01" in out  # 2 x 32 x 256 tokens x 128 wide x 4 bytes = 0.0078 GiB

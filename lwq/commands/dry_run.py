@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from lwq.commands.identity import run_identity
 from lwq.commands.points import Point, plan_points
-from lwq.commands.preflight import check_against_checkpoint
+from lwq.commands.preflight import calibration_bytes, check_against_checkpoint, model_config
 from lwq.commands.score_source import cached_only
 from lwq.config import RunConfig
 from lwq.data import chunk_documents, load_texts, seeded_subset
@@ -30,13 +30,11 @@ from lwq.evaluation.lm_eval_internals import rows_within
 from lwq.modeling.blocks import find_blocks
 from lwq.modeling.load import (
     CheckpointFacts,
-    checkpoint_config,
-    config_from_shape,
     meta_model,
 )
 from lwq.quant.cost import SizeTable
 from lwq.results.store import RecordStore
-from lwq.runtime import DTYPES, resolve_model_path
+from lwq.runtime import DTYPES
 
 GB = 1e9
 FLOAT32 = 4
@@ -53,7 +51,7 @@ class PlannedPoint:
 
 def run_dry(run: RunConfig) -> dict:
     """Print the sweep's points, sizes, memory and time estimates; return them as data."""
-    config, source = _model_config(run)
+    config, source = model_config(run)
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     check_against_checkpoint(
         run, CheckpointFacts(text.num_hidden_layers, getattr(text, "max_position_embeddings", None))
@@ -68,25 +66,10 @@ def run_dry(run: RunConfig) -> dict:
     points = plan_points(run, identity, sizes, cached_only(run.paths.cache, identity))
     planned = [_sized(p, sizes, done) for p in points]
     estimate = _estimates(run, config, sizes, store, planned)
+    estimate["calibration"] = calibration_bytes(run, blocks, text.hidden_size)
     alike = len({sizes.block_bytes(i, b) for i in range(len(sizes)) for b in (16,)}) == 1
     _print(run, source, len(blocks), planned, estimate, alike)
     return {"blocks": len(blocks), "source": source, "points": planned, **estimate}
-
-
-def _model_config(run: RunConfig):
-    path = resolve_model_path(run.model.path)
-    m = run.model
-    config = checkpoint_config(
-        path, trust_remote_code=m.trust_remote_code, revision=m.revision, gguf_file=m.gguf_file
-    )
-    if config is not None:
-        return config, f"config.json of {path}"
-    if run.model.shape is None:
-        raise LwqError(
-            f"dry run: {run.model.path}'s config.json cannot be read here and "
-            f"conf/model/{run.model.name}.yaml gives no shapes; add them or go online"
-        )
-    return config_from_shape(run.model.shape), f"the shapes in conf/model/{run.model.name}.yaml"
 
 
 def _sized(point: Point, sizes: SizeTable, done: set[str]) -> PlannedPoint:
@@ -160,6 +143,13 @@ def _print(run, source, n_blocks, planned, estimate, alike: bool) -> None:
         f"{run.eval.spec.max_length} tokens; kept original blocks up to "
         f"{e['kept_originals_gb']:.2f} GB on the host"
     )
+    if e["calibration"]:
+        parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in e["calibration"].items())
+        print(
+            f"calibration (quant={run.quant.name}, every block at {run.sweep.low} bits): "
+            f"{sum(e['calibration'].values()) / 2**30:.1f} GiB besides the loaded model "
+            f"({parts} GiB; calib {run.calib.samples} x {run.calib.seq_len})"
+        )
     if run.eval.reuse_memory and e["boundary_gb"]:
         print(
             f"prefix reuse: one block boundary of the held-out passes keeps ~"

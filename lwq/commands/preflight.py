@@ -13,8 +13,15 @@ from lwq.errors import LwqError
 from lwq.evaluation.index import load_index
 from lwq.evaluation.local_data import FILES, local_files
 from lwq.evaluation.tasks import check_task_names
-from lwq.modeling.load import CheckpointFacts, read_checkpoint_facts
-from lwq.runtime import resolve_model_path
+from lwq.modeling.blocks import find_blocks
+from lwq.modeling.load import (
+    CheckpointFacts,
+    checkpoint_config,
+    config_from_shape,
+    meta_model,
+    read_checkpoint_facts,
+)
+from lwq.runtime import DTYPES, pick_device, resolve_model_path
 
 
 def check_inputs(run: RunConfig, *, evaluate: bool) -> None:
@@ -38,6 +45,71 @@ def check_inputs(run: RunConfig, *, evaluate: bool) -> None:
             f"data file {missing[0]} not found; point to the data dir with paths.data=<dir> "
             "or the LWQ_DATA environment variable"
         )
+    check_calibration_memory(run)
+
+
+def model_config(run: RunConfig):
+    """(the model's config, where it came from): its config.json, read without weights,
+    or the shapes in conf/model/<name>.yaml; the network is never asked."""
+    path = resolve_model_path(run.model.path)
+    m = run.model
+    config = checkpoint_config(
+        path, trust_remote_code=m.trust_remote_code, revision=m.revision, gguf_file=m.gguf_file
+    )
+    if config is not None:
+        return config, f"config.json of {path}"
+    if run.model.shape is None:
+        raise LwqError(
+            f"dry run: {run.model.path}'s config.json cannot be read here and "
+            f"conf/model/{run.model.name}.yaml gives no shapes; add them or go online"
+        )
+    return config_from_shape(run.model.shape), f"the shapes in conf/model/{run.model.name}.yaml"
+
+
+def calibration_bytes(run: RunConfig, blocks, hidden: int) -> dict[str, int] | None:
+    """A window backend's (slider's) calibration memory by part, every block at
+    `sweep.low` (the most it holds); None for backends that do not state one."""
+    backend = run.quant.backend
+    if not hasattr(backend, "calibration_bytes"):
+        return None
+    # `auto` is bfloat16 on CUDA, float32 on a CPU
+    device = pick_device(run.device)
+    if run.model.dtype == "auto":
+        dtype_bytes = 2 if device.type == "cuda" else 4
+    else:
+        dtype_bytes = DTYPES[run.model.dtype].itemsize
+    bits = (run.sweep.low,) * len(blocks)
+    return backend.calibration_bytes(
+        blocks, bits, run.calib.samples, run.calib.seq_len, hidden, dtype_bytes
+    )
+
+
+def check_calibration_memory(run: RunConfig) -> None:
+    """Refuse, before any weight loads, a window calibration that cannot fit its device."""
+    if not hasattr(run.quant.backend, "calibration_bytes"):
+        return
+    try:
+        config, _ = model_config(run)
+    except LwqError:
+        return  # no shapes here: loading will say what is missing
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    needed = calibration_bytes(run, find_blocks(meta_model(config)), text.hidden_size)
+    device = pick_device(run.device)
+    from lwq.quant.slider import check_fits
+
+    check_fits(needed, _free_bytes(device), str(device))
+
+
+def _free_bytes(device) -> int:
+    """Free memory of `device`: the GPU's, or the host's MemAvailable."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0]
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62  # not Linux: nothing to check against
 
 
 def hub_options(run: RunConfig) -> dict:
