@@ -3,9 +3,11 @@ job is seen by squeue and sacct; a multirun through `hydra/launcher=slurm` runs 
 array that records every point once; `scontrol requeue` of a running sweep stops it (the
 stop line), SLURM starts it again and its records equal an uninterrupted run's;
 `scancel --signal=TERM` stops a sweep job (not requeued) and a rerun completes it; a sweep
-array pre-empted by a whole-node job in `high` is requeued and resumes; one job with bad
-input fails in one line while the other records its points; and the dry run of a SLURM
-multirun prints the sbatch settings (no cluster needed for that one).
+array pre-empted by a whole-node job in `high` is requeued and resumes; two multiruns of
+overlapping experiments share one results tree (each point, plan, score and GPTQ block
+once); one job with bad input fails in one line while the other records its points; and
+the dry run of a SLURM multirun prints the sbatch settings (no cluster needed for that one).
+The three stop tests compare against one uninterrupted run, made once for the session.
 
 The session's fixture starts the cluster (root; the packages are installed if missing) and
 stops it at the end, also when a test fails, then checks that no SLURM, munge or MariaDB
@@ -140,59 +142,6 @@ def test_a_multirun_through_the_slurm_launcher_is_a_job_array_recording_every_po
     assert [r["kind"] for r in written].count("reference") == 1
 
 
-def _comparable(record: dict) -> tuple:
-    return record["kind"], record.get("k"), record["plan_key"], record["eval"]
-
-
-def test_scontrol_requeue_stops_a_running_sweep_which_resumes_to_the_uninterrupted_records(
-    slurm_env, tmp_path
-):
-    sweep = [
-        "metric=ldi",
-        "eval.limit=2",  # the real perplexity (~2 s a point): time to requeue mid-sweep
-        "eval.chunk_chars=1500",
-        "sweep.fractions=[0,0.25,0.5,0.75,1]",
-        "calib.samples=2",
-        "calib.seq_len=32",
-        "tracking=none",
-    ]
-    env = slurm_env | {"OMP_NUM_THREADS": "1"}
-    reference = subprocess.Popen(  # the uninterrupted run, on this machine, meanwhile
-        [sys.executable, "run.py", *sweep, f"paths.results={tmp_path / 'uninterrupted'}"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    results = tmp_path / "results"
-    multirun = subprocess.Popen(
-        [sys.executable, "run.py", "-m", *LAUNCHER, *sweep, f"paths.results={results}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    store = results / "ref-tiny" / "records.jsonl"
-    deadline = time.monotonic() + 300
-    while not (store.exists() and len(store.read_text().splitlines()) >= 2):  # mid-sweep
-        assert multirun.poll() is None and time.monotonic() < deadline, multirun.stdout.read()
-        time.sleep(0.1)
-    (job_id,) = [p.name for p in results.glob("hydra/multirun-*/.submitit/*") if p.name.isdigit()]
-    _run(slurm_env, "scontrol", "requeue", job_id)
-    launcher_output = multirun.communicate(timeout=600)[0]
-    _wait_for_state(slurm_env, job_id, "COMPLETED", timeout_s=300)
-    job = _run(slurm_env, "scontrol", "-o", "show", "job", job_id)
-    assert "Restarts=1 " in job, job  # requeued once, by the requeue
-    log = "".join(
-        p.read_text() for p in results.glob(f"hydra/multirun-*/.submitit/{job_id}/*_log.*")
-    )
-    stops = [line for line in log.splitlines() if "stopped by SIGTERM" in line]
-    assert len(stops) == 1 and "run the same command again to resume" in stops[0], log[-3000:]
-    assert not list((results / "ref-tiny" / "claims").glob("*.claim"))  # all released
-
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-3000:]
-    expected = RecordStore(tmp_path / "uninterrupted" / "ref-tiny" / "records.jsonl").read()
-    resumed = RecordStore(store).read()
-    assert sorted(map(str, map(_comparable, resumed))) == sorted(
-        map(str, map(_comparable, expected))
-    )
-    assert multirun.returncode == 0, launcher_output[-3000:]  # it waited for the requeued job
-
-
 PPL_SWEEP = [
     "eval.limit=2",  # the real perplexity (~2 s a point): time to stop the job mid-sweep
     "eval.chunk_chars=1500",
@@ -200,6 +149,8 @@ PPL_SWEEP = [
     "calib.seq_len=32",
     "tracking=none",
 ]
+STOP_FRACTIONS = [0, 0.25, 0.5, 0.75, 1]  # the sweep the stop tests stop
+STOP_SWEEP = [f"sweep.fractions=[{','.join(map(str, STOP_FRACTIONS))}]", *PPL_SWEEP]
 
 
 def _start(env, *argv: str) -> subprocess.Popen:
@@ -233,8 +184,9 @@ def _whole_lines(store) -> None:
         json.loads(line)
 
 
-def _same_records(store, expected_store) -> None:
-    resumed, expected = RecordStore(store).read(), RecordStore(expected_store).read()
+def _same_records(store, expected: list[dict]) -> None:
+    """The records in `store` are each point once, with the metrics of `expected`."""
+    resumed = RecordStore(store).read()
     keys = [r["point_key"] for r in resumed]
     assert len(keys) == len(set(keys)), "a point was recorded twice"
     assert sorted(map(str, map(_comparable, resumed))) == sorted(
@@ -242,25 +194,90 @@ def _same_records(store, expected_store) -> None:
     )
 
 
-def test_scancel_signal_term_stops_a_sweep_job_which_a_rerun_completes(slurm_env, tmp_path):
+def _comparable(record: dict) -> tuple:
+    return record["kind"], record.get("k"), record["plan_key"], record["eval"]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(slurm_env, tmp_path_factory):
+    """The records the stop tests must end with: STOP_SWEEP for ldi, then zd, run here
+    without a stop, once for the session (in the background from the first test that asks,
+    as each test ran its own before); `uninterrupted("ldi")` waits for ldi's only."""
+    results = tmp_path_factory.mktemp("uninterrupted")
+    with (results / "run.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "run.py", "-m", "metric=ldi,zd", *STOP_SWEEP,
+             f"paths.results={results}"],
+            cwd=ROOT, env=slurm_env | {"OMP_NUM_THREADS": "1"}, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    store = RecordStore(results / "ref-tiny" / "records.jsonl")
+
+    def records(metric: str | None = None) -> list[dict]:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and not (metric and _swept(store, metric)):
+            assert time.monotonic() < deadline, "the uninterrupted run takes over 10 minutes"
+            time.sleep(0.5)
+        assert proc.returncode in (None, 0), (results / "run.log").read_text()[-3000:]
+        written = store.scan().records
+        return [r for r in written if r["kind"] == "reference" or metric in (None, r["metric"])]
+
+    yield records
+    if proc.poll() is None:  # a test failed before it asked for every ordering
+        proc.kill()
+        proc.wait()
+
+
+def _swept(store: RecordStore, metric: str) -> bool:
+    """Every point of STOP_SWEEP for `metric`, and the reference, are in `store`."""
+    written = store.scan().records
+    kinds = [r["kind"] for r in written if r["kind"] == "reference" or r["metric"] == metric]
+    return kinds.count("reference") == 1 and len(kinds) == 1 + len(STOP_FRACTIONS)
+
+
+def test_scontrol_requeue_stops_a_running_sweep_which_resumes_to_the_uninterrupted_records(
+    slurm_env, tmp_path, uninterrupted
+):
+    """`scontrol requeue <job>` of a running sweep: lwq gets SIGTERM and stops (its stop
+    line), SLURM requeues the job once, it takes over its own claims and finishes, the
+    multirun command waits for it and ends with 0, and the records equal an uninterrupted
+    run's."""
+    results = tmp_path / "results"
+    multirun = _start(slurm_env, "-m", *LAUNCHER, "metric=ldi", *STOP_SWEEP,
+                      f"paths.results={results}")  # fmt: skip
+    store = results / "ref-tiny" / "records.jsonl"
+    _wait_for_lines(store, 2, multirun)  # mid-sweep
+    (job_id,) = _submitit_jobs(results)
+    _run(slurm_env, "scontrol", "requeue", job_id)
+    launcher_output = multirun.communicate(timeout=600)[0]
+    _wait_for_state(slurm_env, job_id, "COMPLETED", timeout_s=300)
+    job = _run(slurm_env, "scontrol", "-o", "show", "job", job_id)
+    assert "Restarts=1 " in job, job  # requeued once, by the requeue
+    log = _job_logs(results, job_id)
+    stops = [line for line in log.splitlines() if "stopped by SIGTERM" in line]
+    assert len(stops) == 1 and "run the same command again to resume" in stops[0], log[-3000:]
+    assert not list((results / "ref-tiny" / "claims").glob("*.claim"))  # all released
+    _whole_lines(store)
+    _same_records(store, uninterrupted("ldi"))
+    assert multirun.returncode == 0, launcher_output[-3000:]  # it waited for the requeued job
+
+
+def test_scancel_signal_term_stops_a_sweep_job_which_a_rerun_completes(
+    slurm_env, tmp_path, uninterrupted
+):
     """`scancel --signal=TERM <job>` (no --batch/--full) reaches only the srun step: lwq
     stops with its stop line and exit code 3, the step and the job end FAILED with exit code
     3, and SLURM does not requeue it (Restarts=0; a signal is not a requeue). submitit then
     finds no result and the multirun command fails; the same multirun run again is a new job
     that takes up where the first stopped, and its records equal an uninterrupted run's."""
-    sweep = ["metric=ldi", "sweep.fractions=[0,0.25,0.5,0.75,1]", *PPL_SWEEP]
-    reference = _start(slurm_env, *sweep, f"paths.results={tmp_path / 'uninterrupted'}")
     results = tmp_path / "results"
-    multirun = [*LAUNCHER, *sweep, f"paths.results={results}"]
+    multirun = [*LAUNCHER, "metric=ldi", *STOP_SWEEP, f"paths.results={results}"]
     first = _start(slurm_env, "-m", *multirun)
     store = results / "ref-tiny" / "records.jsonl"
     _wait_for_lines(store, 2, first)  # mid-sweep
     (job_id,) = _submitit_jobs(results)
     _run(slurm_env, "scancel", "--signal=TERM", job_id)
-    first_output = first.communicate(timeout=300)[0]
-    assert first.returncode == 1, first_output[-3000:]  # no result: submitit reports it
-    assert "has not produced any output (state: FAILED)" in first_output
-    assert _sacct_states(slurm_env, job_id) == {job_id: "FAILED"}
+    _wait_for_state(slurm_env, job_id, "FAILED")
     job = _run(slurm_env, "scontrol", "-o", "show", "job", job_id)
     assert "Restarts=0 " in job and "ExitCode=3:0" in job, job  # not requeued
     stops = [
@@ -272,14 +289,22 @@ def test_scancel_signal_term_stops_a_sweep_job_which_a_rerun_completes(slurm_env
     stopped_at = len(store.read_text().splitlines())
     assert 2 <= stopped_at < 6  # the reference and 5 points when whole
 
+    # submitit polls sacct ever more rarely (2, 4, 8, 16, 32 s... after submitting) and then
+    # waits 15 s for a result file: rerun meanwhile, as a user may
     again = _start(slurm_env, "-m", *multirun)
+    first_output = first.communicate(timeout=300)[0]
+    assert first.returncode == 1, first_output[-3000:]  # no result: submitit reports it
+    assert "has not produced any output (state: FAILED)" in first_output
+    last = first_output.strip().splitlines()[-2:]  # the job's error stream ends the traceback
+    assert "stopped by SIGTERM" in last[0] and "Exited with exit code 3" in last[1], last
     again_output = again.communicate(timeout=300)[0]
     assert again.returncode == 0, again_output[-3000:]
-    assert reference.wait(timeout=300) == 0, reference.stdout.read()[-3000:]
-    _same_records(store, tmp_path / "uninterrupted" / "ref-tiny" / "records.jsonl")
+    _same_records(store, uninterrupted("ldi"))
 
 
-def test_a_sweep_array_preempted_by_a_whole_node_job_is_requeued_and_resumes(slurm_env, tmp_path):
+def test_a_sweep_array_preempted_by_a_whole_node_job_is_requeued_and_resumes(
+    slurm_env, tmp_path, uninterrupted
+):
     """Pre-emption: a two-task sweep array in `low`, then a `high` job that needs both
     cores. SLURM sends the jobs' own --signal first (submitit's USR2, thanks to
     preempt_send_user_signal) and submitit's handler catches it ('Caught signal SIGUSR2 on
@@ -293,10 +318,9 @@ def test_a_sweep_array_preempted_by_a_whole_node_job_is_requeued_and_resumes(slu
     REQUEUED once and runs again after the `high` job ('3 of 6 points already in ...'),
     every point is recorded once, the metrics equal an uninterrupted run's, and the
     multirun command ends with 0."""
-    sweep = ["metric=ldi,zd", "sweep.fractions=[0,0.25,0.5,0.75,1]", *PPL_SWEEP]
-    reference = _start(slurm_env, "-m", *sweep, f"paths.results={tmp_path / 'uninterrupted'}")
     results = tmp_path / "results"
-    multirun = _start(slurm_env, "-m", *LAUNCHER, *sweep, f"paths.results={results}")
+    multirun = _start(slurm_env, "-m", *LAUNCHER, "metric=ldi,zd", *STOP_SWEEP,
+                      f"paths.results={results}")  # fmt: skip
     store = results / "ref-tiny" / "records.jsonl"
     _wait_for_lines(store, 3, multirun)  # both tasks mid-sweep
     tasks = [j for j in _submitit_jobs(results) if "_" in j]
@@ -342,8 +366,78 @@ def test_a_sweep_array_preempted_by_a_whole_node_job_is_requeued_and_resumes(slu
         assert "Restarts=1 " in job, job
     assert not list((results / "ref-tiny" / "claims").glob("*.claim"))
     _whole_lines(store)
-    assert reference.wait(timeout=300) == 0, reference.stdout.read()[-3000:]
-    _same_records(store, tmp_path / "uninterrupted" / "ref-tiny" / "records.jsonl")
+    _same_records(store, uninterrupted())
+
+
+# Loaded by every Python process of a test through PYTHONPATH (the SLURM jobs inherit the
+# environment): logs each rename into the cache, so a test sees what was written how often.
+LOG_CACHE_WRITES = """
+import os, sys
+
+def _log(event, args):
+    if event == "os.rename" and "/cache/" in os.fsdecode(args[1]):
+        with open(os.environ["LWQ_TEST_CACHE_WRITES"], "a") as log:
+            log.write(os.fsdecode(args[1]) + "\\n")
+
+sys.addaudithook(_log)
+"""
+
+
+def _logging_cache_writes(env, tmp_path) -> tuple[dict, object]:
+    """(env whose Python processes log their renames into a cache, the log's path)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(LOG_CACHE_WRITES)
+    log = tmp_path / "cache-writes.log"
+    path = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    return env | {"PYTHONPATH": path, "LWQ_TEST_CACHE_WRITES": str(log)}, log
+
+
+def test_two_multiruns_of_overlapping_experiments_share_one_results_tree(slurm_env, tmp_path):
+    """Item 5 of the issue: `24bits` (zd) and, submitted at the same time, `24bits` and
+    `4bit_plot` (zd) into one results tree: three array tasks on the node's two cores, two
+    of them the same sweep. Its points are recorded once; the plan both experiments have
+    (every block at 4 bits: k=0 of `24bits`, k=12 of `4bit_plot`) is evaluated once and
+    reused; the score file and each GPTQ block file are written once (os.replace into the
+    cache, logged by an audit hook in every process)."""
+    env, log = _logging_cache_writes(slurm_env, tmp_path)
+    results = tmp_path / "results"
+    small = ["sweep.fractions=[0,0.5,1]", "eval=dummy", "eval.limit=1", "calib.samples=2",
+             "calib.seq_len=32", "tracking=none", f"paths.results={results}"]  # fmt: skip
+    runs = [  # its own Hydra sweep dir each: two multiruns in one second would share one
+        _start(env, "-m", *LAUNCHER, *small, "experiment=24bits_ref-tiny", "ordering=zd",
+               f"hydra.sweep.dir={results}/hydra/multirun-a"),
+        _start(env, "-m", *LAUNCHER, *small, "experiment=24bits_ref-tiny,4bit_plot_ref-tiny",
+               "ordering=zd", f"hydra.sweep.dir={results}/hydra/multirun-b"),
+    ]  # fmt: skip
+    for run in runs:
+        output = run.communicate(timeout=600)[0]
+        assert run.returncode == 0, output[-3000:]
+    jobs = _submitit_jobs(results)  # a job, and an array (its folder and its tasks')
+    tasks = [j for j in jobs if "_" in j]
+    assert len(tasks) == 2 and len(set(jobs) - {t.split("_")[0] for t in tasks}) == 3, jobs
+
+    written = RecordStore(results / "ref-tiny" / "records.jsonl").read()
+    keys = [r["point_key"] for r in written]
+    assert len(keys) == len(set(keys)), "a point was recorded twice"
+    assert [r["kind"] for r in written].count("reference") == 1
+    quantized = [r for r in written if r["kind"] == "quantized"]
+    for sweep in [(4, 2, "zd"), (8, 4, "zd")]:
+        ks = sorted(r["k"] for r in quantized if (r["high"], r["low"], r["metric"]) == sweep)
+        assert ks == [0, 6, 12], sweep  # every point, once, though two jobs swept 4->2
+    evaluated = [r["plan_key"] for r in quantized if "reused_from" not in r]
+    assert len(evaluated) == len(set(evaluated)), "a plan was evaluated twice"
+    assert {r["plan_key"] for r in quantized} == set(evaluated)  # the others reuse them
+    assert len(quantized) - len(evaluated) == 1  # all at 4 bits: two points, one evaluation
+
+    renames = log.read_text().splitlines()
+    scores = [p for p in renames if "/cache/scores/" in p]
+    blocks = [p for p in renames if re.search(r"/variants-\w+/\d+\.safetensors$", p)]
+    assert len(scores) == 1 and os.path.basename(scores[0]).startswith("zd-"), scores
+    assert len({os.path.dirname(p) for p in blocks}) == 3  # GPTQ at 2, 4 and 8 bits
+    assert len(blocks) == 3 * 12  # every block of each width (ref-tiny has 12)
+    for path in scores + blocks:
+        assert renames.count(path) == 1, f"{path} was written {renames.count(path)} times"
 
 
 def test_a_job_with_bad_input_fails_in_one_line_and_the_other_job_records_its_points(
