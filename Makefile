@@ -44,12 +44,19 @@ figures:  ## figures from results/*/records.jsonl into plots/out/ (options: FIGU
 bench:  ## every bench section on ref-tiny; writes bench/results.json, prints a table (run it alone)
 	$(PYTHON) -m bench
 
+ELEVEN_POINTS = "sweep.fractions=[0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1]"
+
 bench-smollm2: smollm2  ## the per-model sections on SmolLM2-135M, added to bench/results.json (~18 min, alone)
 	$(PYTHON) -m bench --section pipeline model=smollm2-135m eval.limit=8
 	$(PYTHON) -m bench --section roofline model=smollm2-135m eval.limit=8
 	$(PYTHON) -m bench --section stages model=smollm2-135m eval.limit=4
 	$(PYTHON) -m bench --section memory model=smollm2-135m eval.limit=4
 	$(PYTHON) -m bench --section reuse model=smollm2-135m eval.limit=8
+	$(PYTHON) tools/wide_vocab_model.py
+	$(PYTHON) -m bench --section memory model=smollm2-135m model.name=wide-vocab-262k \
+		model.path=models/wide-vocab-262k model.blocks=4 model.vocab_size=262144 eval.limit=4
+	$(PYTHON) -m bench --section pipeline model=smollm2-135m eval.limit=8 quant=gptq \
+		quant.settings.damp_percent=0.1 quant.settings.mse=2.4 $(ELEVEN_POINTS)
 
 .PHONY: slurm-up slurm-down test-slurm
 

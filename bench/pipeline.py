@@ -47,8 +47,8 @@ def bench_pipeline(overrides: list[str], fractions: str = FRACTIONS) -> dict:
             "eval.cross_check=none",
             *overrides,
         )
-        if run.quant.name != "rtn":
-            raise SystemExit("the pipeline bench compares RTN sweeps (the naive side uses RTN)")
+        if run.quant.name not in ("rtn", "gptq"):
+            raise SystemExit("the pipeline bench compares RTN or GPTQ sweeps")
         started = time.time()
         records = run_sweep(run)
         in_process = time.time() - started
@@ -66,11 +66,14 @@ def bench_pipeline(overrides: list[str], fractions: str = FRACTIONS) -> dict:
             naive.append(round(time.time() - started, 2))
             ours = record["eval"]["tasks"][task]
             differences += [abs(metrics[m] / ours[m] - 1) for m in METRICS]
+    gptq = run.quant.name == "gptq"
     return {
-        "what": "the same RTN sweep in process (run.py) and as one fresh process per point "
-        "(load, quantize, save, lm_eval command line)",
+        "what": f"the same {run.quant.name.upper()} sweep in process (run.py) and as one fresh "
+        "process per point (load, "
+        + ("calibrate and GPTQ every block" if gptq else "quantize")
+        + ", save, lm_eval command line), cold caches on both sides",
         "command": "python -m bench --section pipeline " + " ".join(overrides),
-        "model": run.model.name,
+        "model": run.model.name + (" gptq" if gptq else ""),
         "points": len(points),
         "in_process_seconds": round(in_process, 1),
         "in_process_includes": "the reference point and the scores, besides the points",
@@ -122,6 +125,22 @@ def naive_point(run, plan: list[int], *, tasks_dir: Path, task: str, work: Path)
         "--work",
         str(work),
     ]
+    if run.quant.name == "gptq":
+        calib = run.calib
+        command += [
+            "--gptq",
+            json.dumps(run.quant.settings),
+            "--calib",
+            json.dumps(
+                {
+                    "text": calib.text,
+                    "data": str(run.paths.data),
+                    "samples": calib.samples,
+                    "seq_len": calib.seq_len,
+                    "seed": calib.seed,
+                }
+            ),
+        ]
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
