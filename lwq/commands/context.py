@@ -19,6 +19,7 @@ from lwq.commands import record_fields
 from lwq.commands.identity import Identity, run_identity
 from lwq.commands.preflight import check_inputs, hub_options
 from lwq.commands.score_source import ScoreSource
+from lwq.commands.search_plan import searched_plan
 from lwq.config import RunConfig
 from lwq.data import calibration_ids, load_texts
 from lwq.evaluation.suite import Suite
@@ -92,6 +93,14 @@ class RunContext:
     def score_source(self) -> ScoreSource:
         """The planner's scores: cached, or computed on this model and cached."""
         return lambda metric, settings: self.scores(metric, settings)[:2]
+
+    def search_source(self):
+        """`allocate.method=search`'s plan finder on this model (cached on disk)."""
+
+        def searched(problem, start, settings, key):
+            return searched_plan(self, problem, start, settings, key)
+
+        return searched
 
     def close(self) -> None:
         if self.tracker is not None:

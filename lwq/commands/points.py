@@ -16,7 +16,7 @@ not have is planned with blocks in index order and marked `ranked=False`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from lwq.allocate import allocate, average_bits_budget
 from lwq.commands.identity import Identity
@@ -27,6 +27,7 @@ from lwq.plan import Plan, sweep_points, two_level_plan
 from lwq.quant.base import FULL_PRECISION
 from lwq.quant.cost import SizeTable
 from lwq.results import keys
+from lwq.search import Problem
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,13 @@ def plan_points(
     sizes: SizeTable,
     scores: ScoreSource,
     ks: list[int] | None = None,
+    searched=None,
 ) -> list[Point]:
     """Every point of `run` in evaluation order (plain data; nothing is installed): the
     reference, each ordering's k (the sweep's, or only `ks`), the allocated plan and the
-    plan file. With `ks` given (export) the reference is left out."""
+    plan file. With `ks` given (export) the reference is left out. `searched(problem,
+    start, settings, key)` finds the plan of `allocate.method=search` (needs the model:
+    the sweep's context gives it; without it that point is left out and said so)."""
     n = len(sizes)
     points = [reference_point(identity, n)] if run.sweep.reference and ks is None else []
     for metric in run.metric.variants() if ks != [] else ():
@@ -70,8 +74,10 @@ def plan_points(
         measured, key = scores("sensitivity", allocation_settings(run))
         if measured is None:
             print("allocated plan: needs the measured sensitivity (computed by the sweep)")
+        elif run.budget.method == "search" and searched is None:
+            print("searched plan: found by the sweep (it scores plans on the model)")
         else:
-            points.append(allocated_point(run, identity, sizes, measured, key))
+            points.append(allocated_point(run, identity, sizes, measured, key, searched))
     if run.manual_plan is not None:
         points.append(manual_point(identity, run.manual_plan))
     return points
@@ -153,9 +159,15 @@ def allocation_settings(run: RunConfig) -> dict:
 
 
 def allocated_point(
-    run: RunConfig, identity: Identity, sizes: SizeTable, scores: Scores, score_key: dict
+    run: RunConfig,
+    identity: Identity,
+    sizes: SizeTable,
+    scores: Scores,
+    score_key: dict,
+    searched=None,
 ) -> Point:
-    """The plan minimising summed measured sensitivity under `budget` or `budget_bytes`."""
+    """The plan minimising summed measured sensitivity under `budget` or `budget_bytes`,
+    or (`allocate.method=search`) the search's plan started from it."""
     allowed = list(run.budget.allowed_bits)
     n = len(sizes)
     costs = [{b: scores.details[f"kl@{b}"][i] for b in allowed} for i in range(n)]
@@ -169,6 +181,14 @@ def allocated_point(
         target = {"budget": run.budget.avg_bits}
     plan = allocate(costs, table, budget)
     i = identity
+    method, extra, label = None, {}, "allocated"
+    if run.budget.method == "search":
+        settings = run.budget.search
+        method = {"search": {k: v for k, v in asdict(settings).items() if k != "progress"}}
+        problem = Problem(tuple(table), int(budget))
+        found = {"model": i.model, "quant": i.quant, "calib": i.calibration, **target}
+        plan, facts = searched(problem, plan, settings, found | {"start": list(plan.bits)})
+        extra, label = {"allocate_method": "search", "search": facts}, "searched"
     key = keys.allocated_key(
         model=i.model,
         evaluation=i.evaluation,
@@ -176,13 +196,15 @@ def allocated_point(
         quant=i.quant,
         target=target,
         allowed_bits=allowed,
+        method=method,
     )
     fields = target | {
         "allowed_bits": allowed,
         "predicted_sensitivity": sum(c[b] for c, b in zip(costs, plan.bits, strict=True)),
         "sensitivity_table": {str(b): [c[b] for c in costs] for b in allowed},
+        **extra,
     }
-    return Point("allocated", key, plan, label="allocated", fields=fields)
+    return Point("allocated", key, plan, label=label, fields=fields)
 
 
 def manual_point(identity: Identity, plan: Plan) -> Point:

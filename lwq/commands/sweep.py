@@ -31,7 +31,9 @@ def run_sweep(run: RunConfig) -> list[dict]:
         ctx = open_context(run, evaluate=True)  # a stop in here has written nothing
         points: list[Point] = []
         try:
-            points = plan_points(run, ctx.identity, ctx.sizes, ctx.score_source())
+            points = plan_points(
+                run, ctx.identity, ctx.sizes, ctx.score_source(), searched=ctx.search_source()
+            )
             for point in points:  # a shape the backend refuses stops here, before any work
                 ctx.sizes.cost(point.plan, point.removed)
             written, failed = evaluate_points(

@@ -49,6 +49,7 @@ from lwq.quant import BACKENDS, check_bits, make_backend
 from lwq.quant.base import FULL_PRECISION
 from lwq.quant.gguf_types import read_types
 from lwq.runtime import pick_device, resolve_path
+from lwq.search import SearchSettings
 
 # metric name -> its conf/metric/<name>.yaml node resolved against this run
 MetricDefaults = Callable[[str], dict]
@@ -218,7 +219,8 @@ def _budget(plain: dict, quant: QuantSpec) -> BudgetSpec:
         raise LwqError(f"budget={avg_bits} average bits is outside (0, 16]; e.g. budget=3.25")
     if size is not None:
         size = _positive_int(size, "budget_bytes")
-    spec = BudgetSpec(None if avg_bits is None else float(avg_bits), size, allowed)
+    method, search = _allocate(plain)
+    spec = BudgetSpec(None if avg_bits is None else float(avg_bits), size, allowed, method, search)
     if spec.wanted:
         if not allowed:
             raise LwqError("allowed_bits is empty; give the allocator widths, e.g. [2, 3, 4, 8]")
@@ -227,6 +229,28 @@ def _budget(plain: dict, quant: QuantSpec) -> BudgetSpec:
         if FULL_PRECISION in allowed:
             raise LwqError("allowed_bits must not contain 16 (measured against the 16-bit model)")
     return spec
+
+
+def _allocate(plain: dict) -> tuple[str, SearchSettings | None]:
+    """`allocate.method` and, for `search`, its settings (checked by SearchSettings)."""
+    node = plain.get("allocate") or {}
+    method = _choice(node.get("method", "dp"), ("dp", "search"), "allocate.method")
+    if method != "search":
+        return method, None
+    given = dict(node.get("search") or {})
+    unknown = sorted(set(given) - {"generations", "offspring", "schedule", "max_raises", "seed"})
+    if unknown:
+        raise LwqError(f"allocate.search has no setting {unknown[0]!r}")
+    calib = plain.get("calib") or {}
+    settings = SearchSettings(**given)
+    most = int(calib.get("samples", 0)) * int(calib.get("seq_len", 0))
+    if most and settings.schedule[-1][0] > most:
+        raise LwqError(
+            f"allocate.search.schedule asks for {settings.schedule[-1][0]} calibration tokens; "
+            f"calib gives {most} ({calib['samples']} x {calib['seq_len']}): raise calib.samples "
+            "or lower the schedule's tokens"
+        )
+    return method, settings
 
 
 def _plan_file(value, quant: QuantSpec) -> tuple[Path | None, Plan | None]:

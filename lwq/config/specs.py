@@ -14,6 +14,7 @@ from lwq.export.gguf_file import GgufExport
 from lwq.plan import Plan
 from lwq.quant import Backend
 from lwq.runtime import PROJECT_ROOT
+from lwq.search import SearchSettings
 
 CONF_DIR = PROJECT_ROOT / "conf"
 COMMANDS = ("sweep", "scores", "compare", "export")
@@ -143,6 +144,8 @@ class BudgetSpec:
     avg_bits: float | None
     bytes: int | None
     allowed_bits: tuple[int, ...]
+    method: str = "dp"  # dp | search (lwq.search, from dp's plan)
+    search: SearchSettings | None = None  # method=search only
 
     @property
     def wanted(self) -> bool:

@@ -71,8 +71,9 @@ def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
     return top.squeeze(-1).double() + (logits - top).exp().sum(dim=-1, dtype=torch.float64).log()
 
 
-class _BoundedReference:
-    """Per calibration token what the KL against the reference needs (see the module)."""
+class CalibrationKL:
+    """Per calibration token what the KL against the model as built needs (see the module);
+    `measure()` then gives the KL of the model as it stands (sensitivity, plan search)."""
 
     def __init__(self, head: OutputHead, calibration: torch.Tensor, batch_size: int, rows: int):
         if head.softcap is not None:
@@ -167,7 +168,7 @@ def sensitivity_scores(
     else:
         head = OutputHead(model)
         rows = rows_per_chunk(head.vocab, logits_memory)
-        reference = _BoundedReference(head, calibration, batch_size, rows)
+        reference = CalibrationKL(head, calibration, batch_size, rows)
     entering = BlockInputs.capture(model, blocks, calibration, batch_size)
     details: dict[str, list[float]] = {f"{kind}@{b}": [] for b in widths for kind in ("kl", "ppl")}
     applier = PlanApplier(blocks, engine)

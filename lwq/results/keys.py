@@ -81,18 +81,19 @@ def allocated_key(
     quant: dict,
     target: dict,
     allowed_bits: list[int],
+    method: dict | None = None,
 ) -> str:
-    """A plan allocated to `target` ({"budget": bits} or {"budget_bytes": n})."""
-    return "allocated-" + digest(
-        {
-            "model": model,
-            "eval": evaluation,
-            "sensitivity": sensitivity,
-            "quant": quant,
-            **target,
-            "allowed_bits": allowed_bits,
-        }
-    )
+    """A plan allocated to `target` ({"budget": bits} or {"budget_bytes": n}); `method`
+    (a search's settings) only when not the exact DP, so DP keys stay as they were."""
+    fields = {
+        "model": model,
+        "eval": evaluation,
+        "sensitivity": sensitivity,
+        "quant": quant,
+        **target,
+        "allowed_bits": allowed_bits,
+    }
+    return "allocated-" + digest(fields if method is None else fields | {"method": method})
 
 
 def manual_key(*, model: dict, evaluation: dict, plan: list[int], quant: dict) -> str:
