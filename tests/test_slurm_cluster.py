@@ -140,6 +140,13 @@ def test_a_multirun_through_the_slurm_launcher_is_a_job_array_recording_every_po
         ks = sorted(r["k"] for r in written if r.get("metric") == metric)
         assert ks == [0, 6, 12], metric  # every point of each job
     assert [r["kind"] for r in written].count("reference") == 1
+    # the figures come from these records alone (both jobs' orderings in one plot)
+    from lwq.figures import main as figures
+
+    out = tmp_path / "figures"
+    argv = ["--results", str(tmp_path / "results"), "--out", str(out), "--committed", ""]
+    assert figures([*argv, "--only", "intersec", "--formats", "png"]) == 0
+    assert (out / "intersec_ref-tiny.png").stat().st_size > 10_000
 
 
 PPL_SWEEP = [

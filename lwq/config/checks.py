@@ -228,6 +228,18 @@ def _budget(plain: dict, quant: QuantSpec) -> BudgetSpec:
             check_bits(quant.backend, bits)
         if FULL_PRECISION in allowed:
             raise LwqError("allowed_bits must not contain 16 (measured against the 16-bit model)")
+        if spec.avg_bits is not None and not allowed[0] <= spec.avg_bits:
+            raise LwqError(
+                f"budget={spec.avg_bits:g} average bits is below the all-lowest plan (every "
+                f"block at {allowed[0]} bits = {allowed[0]:g}); reachable with allowed_bits="
+                f"{list(allowed)}: {allowed[0]:g}..{allowed[-1]:g}"
+            )
+        if spec.avg_bits is not None and spec.avg_bits > allowed[-1]:
+            raise LwqError(
+                f"budget={spec.avg_bits:g} average bits is above the all-highest plan (every "
+                f"block at {allowed[-1]} bits = {allowed[-1]:g}); reachable with allowed_bits="
+                f"{list(allowed)}: {allowed[0]:g}..{allowed[-1]:g}"
+            )
     return spec
 
 
