@@ -155,12 +155,15 @@ def _plan(run: RunConfig, ctx: RunContext | None = None) -> tuple[Plan, dict]:
         if k is not None and k > len(ctx.blocks):
             raise LwqError(f"export.k={k} but {run.model.name} has {len(ctx.blocks)} blocks")
         ks = [] if k is None else [k]
-        points = plan_points(run, ctx.identity, ctx.sizes, ctx.score_source(), ks=ks)
+        points = plan_points(
+            run, ctx.identity, ctx.sizes, ctx.score_source(), ks=ks, searched=ctx.search_source()
+        )
         point = next(p for p in points if p.kind in ("allocated", "quantized"))
         if point.kind == "allocated":
             budget = run.budget.avg_bits or run.budget.bytes
             key = ctx.identity.score_key("sensitivity", allocation_settings(run))
-            return point.plan, {"label": f"budget{budget}", "budget": budget, "scores": key}
+            label = f"budget{budget}" + ("-searched" if run.budget.method == "search" else "")
+            return point.plan, {"label": label, "budget": budget, "scores": key}
         metric = run.metric
         name = metric.name + ("-reverse" if metric.reverse else "")
         label = f"{name}-k{k}-{run.sweep.high}to{run.sweep.low}"
