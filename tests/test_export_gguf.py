@@ -118,6 +118,19 @@ def test_the_plan_comes_from_a_plan_file_or_the_allocator(tmp_path):
     plan, source = _plan(run)
     assert plan.avg_bits <= 3.0 and set(plan.bits) <= {2, 3, 4, 8}
     assert len(set(plan.bits)) > 1 and source["budget"] == 3.0
+    searched = [
+        "allocate.method=search",
+        "allocate.search.generations=1",
+        "allocate.search.offspring=2",
+        "allocate.search.schedule=[[64,1]]",
+    ]
+    run = compose_run(
+        "command=export", "budget=3.0", "calib.samples=2", f"paths.results={tmp_path}", *searched
+    )
+    found, source = _plan(run)
+    assert found.avg_bits <= 3.0 and source["label"] == "budget3.0-searched"
+    cached = next((tmp_path / "cache" / "search").glob("search-*.json"))
+    assert json.loads(cached.read_text())["plan"] == list(found.bits)
 
 
 def tools():
