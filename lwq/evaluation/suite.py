@@ -186,17 +186,21 @@ class Suite:
             return
         collector = TopKCollector(self.kl_top_k)
         with self._autocast(model):
-            perplexity(
-                model,
-                tokenizer,
-                self.texts,
-                max_length=self.spec.max_length,
-                batch_size=self.batch_size,
-                each=collector,
-                logits_memory=self.logits_memory,
-            )
+            self._text_pass(model, tokenizer, collector)
         self.reference = collector.result()
         self.reference.save(cache)
+
+    def _text_pass(self, model, tokenizer, each):
+        """lwq's own pass over the held-out text, `each` seeing its log-probabilities."""
+        return perplexity(
+            model,
+            tokenizer,
+            self.texts,
+            max_length=self.spec.max_length,
+            batch_size=self.batch_size,
+            each=each,
+            logits_memory=self.logits_memory,
+        )
 
     def _autocast(self, model):
         """bf16 autocast on the model's device for `eval.dtype=bfloat16`, else nothing."""
@@ -237,15 +241,7 @@ class Suite:
                 raise LwqError("the KL reference is not prepared; call prepare_reference first")
             meter = KLMeter(self.reference) if self.kl_top_k is not None else None
             with reuse() if reuse else contextlib.nullcontext():
-                ppl = perplexity(
-                    model,
-                    tokenizer,
-                    self.texts,
-                    max_length=self.spec.max_length,
-                    batch_size=self.batch_size,
-                    each=meter,
-                    logits_memory=self.logits_memory,
-                )
+                ppl = self._text_pass(model, tokenizer, meter)
             if by_lwq:
                 tasks[self.task_name] = {k: v for k, v in ppl.as_dict().items() if k != "tokens"}
             else:
