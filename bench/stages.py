@@ -137,6 +137,8 @@ def _slowest(by_depth: dict) -> dict:
 
 CHILD = """
 import json, resource, sys
+import lwq.runtime
+lwq.runtime._reset_host_peak = lambda: False  # each record's peak resets VmHWM; keep the process's
 from lwq.config import compose_run
 args = json.loads(sys.argv[1])
 run = compose_run(*args["overrides"])
@@ -162,15 +164,33 @@ print(json.dumps(out))
 
 
 def _child(what: str, overrides: list[str]) -> dict:
-    """What a fresh interpreter reports after loading the model, or after a whole sweep."""
-    done = subprocess.run(
+    """What a fresh interpreter reports after loading the model, or after a whole sweep;
+    its peak RSS is the larger of its own VmHWM and its VmRSS polled every 10 ms."""
+    child = subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps({"what": what, "overrides": overrides})],
         cwd=PROJECT_ROOT,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-        check=True,
     )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    polled = 0
+    while child.poll() is None:
+        polled = max(polled, _rss_bytes(child.pid))
+        time.sleep(0.01)
+    out = child.stdout.read()
+    if child.returncode:
+        raise SystemExit(f"memory bench: the {what} child failed (exit {child.returncode})")
+    found = json.loads(out.strip().splitlines()[-1])
+    found["peak_rss_bytes"] = max(found["peak_rss_bytes"], polled)
+    return found
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return max(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+    except (OSError, ValueError):
+        return 0
 
 
 def bench_memory(overrides: list[str]) -> dict:

@@ -46,6 +46,7 @@ LATER_SETTINGS = [
     ("eval", "reuse_on"),
     ("eval", "dtype"),  # float32, the golden records' evaluation (bfloat16 changes keys)
     (None, "allocate"),  # how a budget's plan is found (dp, as then; no budget here)
+    (None, "originals"),  # where changed blocks' originals wait (disk or memory: same numbers)
 ]
 CASES = [
     pytest.param(name, marks=[] if name == "rtn" else [pytest.mark.slow], id=name)

@@ -34,10 +34,11 @@ from lwq.quant import Backend
 from lwq.quant.cost import SizeTable
 from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
+from lwq.quant.originals import make_originals
 from lwq.quant.store import VariantStore
 from lwq.results.record import shared_fields
 from lwq.results.store import RecordStore
-from lwq.runtime import digest, pick_device, pick_dtype, resolve_model_path
+from lwq.runtime import digest, pick_device, pick_dtype, resolve_model_path, return_freed_memory
 
 CAPTURE_BATCH = 8  # calibration sequences per forward when capturing block inputs
 
@@ -64,9 +65,11 @@ class RunContext:
     logits_memory: float | None = 0.25  # GB of log-probabilities at once (eval.logits_memory)
     reuse_memory: float | None = None  # GB of kept hidden states (eval.reuse_memory); None = off
     reuse_on: str = "host"  # where they are kept: host | device
+    originals: str = "disk"  # where changed blocks' originals wait: disk | host
 
     def applier(self, packed: bool = False) -> PlanApplier:
-        return PlanApplier(self.blocks, self.engine, packed)
+        parked = make_originals(self.originals, self.cache_dir / "scratch")
+        return PlanApplier(self.blocks, self.engine, packed, parked)
 
     def scores(self, metric: str, settings: dict) -> tuple[Scores, dict, bool]:
         """(scores, score key, was_cached) of `metric` with `settings`, cached on disk."""
@@ -111,6 +114,7 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
     """Load what `run` needs; `evaluate` adds the suite, the record store and the tracker."""
     backend = run.quant.backend
     check_inputs(run, evaluate=evaluate)
+    return_freed_memory()
     suite = make_suite(run) if evaluate else None  # bad tasks, missing data: before the model
     model, tokenizer, blocks, device = load(run)
     calibration = _calibration(run, tokenizer)
@@ -136,6 +140,7 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
         logits_memory=run.eval.logits_memory,
         reuse_memory=run.eval.reuse_memory,
         reuse_on=run.eval.reuse_on,
+        originals=run.originals,
     )
     if evaluate:
         context.suite = suite

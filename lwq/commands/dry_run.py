@@ -141,7 +141,12 @@ def _print(run, source, n_blocks, planned, estimate, alike: bool) -> None:
         f"memory (estimate, {dtype or run.model.dtype}): weights {e['weights_gb']:.2f} GB, "
         f"evaluation peak {e['peak_gb']:.2f} GB at batch {run.eval.batch_size} x "
         f"{run.eval.spec.max_length} tokens; kept original blocks up to "
-        f"{e['kept_originals_gb']:.2f} GB on the host"
+        f"{e['kept_originals_gb']:.2f} GB "
+        + (
+            "in scratch files under paths.cache (originals=disk; one block's in memory at a time)"
+            if run.originals == "disk"
+            else "on the host (originals=host)"
+        )
     )
     if e["calibration"]:
         parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in e["calibration"].items())

@@ -26,7 +26,6 @@ from lwq.evaluation.logits import OutputHead, rows_per_chunk
 from lwq.metrics.sensitivity import CalibrationKL
 from lwq.modeling.prefix import PrefixCache
 from lwq.plan import Plan
-from lwq.quant.install import PlanApplier
 from lwq.runtime import digest
 from lwq.search import Problem, SearchSettings, search
 
@@ -39,7 +38,7 @@ class PlanFitness:
 
     def __init__(self, ctx, settings: SearchSettings) -> None:
         self.ctx = ctx
-        self.applier = PlanApplier(ctx.blocks, ctx.engine)
+        self.applier = ctx.applier()
         calibration = ctx.calibration()
         seq_len = calibration.shape[1]
         head = OutputHead(ctx.model)

@@ -98,6 +98,7 @@ def build_run(plain: dict, metric_defaults: MetricDefaults) -> RunConfig:
         tracking=_tracking(plain["tracking"]),
         plain=plain,
         export=_export(plain["export"], quant) if command == "export" else None,
+        originals=_choice(plain.get("originals", "disk"), ("disk", "host"), "originals"),
     )
 
 

@@ -205,3 +205,4 @@ class RunConfig:
     tracking: TrackingSpec
     plain: dict  # the resolved config as JSON-able data, stored in every record
     export: ExportSpec | None = None  # `command=export` only
+    originals: str = "disk"  # where changed blocks' originals wait: disk (scratch files) | host

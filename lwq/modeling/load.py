@@ -3,6 +3,10 @@ checkpoint's own config (its context and number of blocks) before any weights lo
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import itertools
+import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +22,8 @@ from transformers import (
 )
 
 from lwq.errors import LwqError
+
+MADV_DONTNEED = 4  # Linux
 
 # A hub id is `owner/name` (letters, digits, `-`, `_`, `.`); anything else is a local path.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -91,6 +97,7 @@ def load_model(
         raise _not_cached(path) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    own_memory(model)
     return model.eval(), tokenizer
 
 
@@ -204,3 +211,52 @@ def meta_model(config) -> PreTrainedModel:
     """The model with every tensor on the meta device: shapes only, no memory, no weights."""
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+def own_memory(model: torch.nn.Module) -> int:
+    """Copy the host tensors a checkpoint's memory map backs into the process's own memory.
+
+    While any tensor of a mapped safetensors file lives, every page of the file the process
+    touched stays resident, so a block whose original is parked (lwq.quant.originals) would
+    free nothing. Each tensor is copied, then its mapped pages are given back (madvise
+    DONTNEED: they were read from the file and never written, so nothing is lost), so the
+    copy never holds the model twice. Returns the number of tensors copied."""
+    spans = _file_mappings()
+    moved = 0
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if t.device.type == "cpu" and t.numel() and any(a <= t.data_ptr() < b for a, b in spans):
+            mapped, size = t.data_ptr(), t.numel() * t.element_size()
+            t.data = t.detach().clone()
+            _give_back(mapped, size)
+            moved += 1
+    return moved
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process mapped from files (Linux); none elsewhere."""
+    try:
+        with open("/proc/self/maps") as maps:
+            lines = maps.read().splitlines()
+    except OSError:
+        return []
+    spans = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].startswith("/"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            spans.append((start, end))
+    return spans
+
+
+def _give_back(address: int, size: int) -> None:
+    """Drop the whole pages of [address, address + size) from this process's memory."""
+    page = mmap.PAGESIZE
+    start = -(-address // page) * page
+    end = (address + size) // page * page
+    if end > start:
+        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_DONTNEED)
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
