@@ -135,3 +135,15 @@ def test_a_loaded_checkpoint_holds_its_weights_in_its_own_memory():
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in saved.items() if k in state)
     assert own_memory(model) == 0  # nothing left to copy
+
+
+def test_a_mapped_tensor_is_copied_piece_by_piece_exactly(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lwq.modeling.load import _copied
+
+    save_file({"w": torch.randn(1000, 300)}, str(tmp_path / "w.safetensors"))
+    mapped = load_file(str(tmp_path / "w.safetensors"))["w"]
+    copy = _copied(mapped, piece_bytes=4096 * 7)  # pieces straddling pages
+    assert torch.equal(copy, load_file(str(tmp_path / "w.safetensors"))["w"])
+    assert copy.data_ptr() != mapped.data_ptr()

@@ -225,11 +225,24 @@ def own_memory(model: torch.nn.Module) -> int:
     moved = 0
     for t in itertools.chain(model.parameters(), model.buffers()):
         if t.device.type == "cpu" and t.numel() and any(a <= t.data_ptr() < b for a, b in spans):
-            mapped, size = t.data_ptr(), t.numel() * t.element_size()
-            t.data = t.detach().clone()
-            _give_back(mapped, size)
+            t.data = _copied(t.detach())
             moved += 1
     return moved
+
+
+def _copied(mapped: torch.Tensor, piece_bytes: int = 64 << 20) -> torch.Tensor:
+    """A copy of a contiguous mapped tensor, made `piece_bytes` at a time, each piece's
+    pages given back once copied: the copy never holds a large embedding twice."""
+    if not mapped.is_contiguous():
+        return mapped.clone()
+    flat, copy = mapped.view(-1), torch.empty_like(mapped)
+    out = copy.view(-1)
+    step = max(1, piece_bytes // mapped.element_size())
+    for start in range(0, flat.numel(), step):
+        piece = flat[start : start + step]
+        out[start : start + step] = piece
+        _give_back(piece.data_ptr(), piece.numel() * piece.element_size())
+    return copy
 
 
 def _file_mappings() -> list[tuple[int, int]]:
