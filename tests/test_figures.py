@@ -84,10 +84,17 @@ def _curve(sweep):
     return sorted(sweep), [_ppl(sweep[k]) for k in sorted(sweep)]
 
 
+# figures whose records the committed ref-tiny study does not hold yet, and what they say
+NOT_COMMITTED_YET = {"damage": "budget=3.25"}  # the allocation study's records will
+
+
 def test_every_figure_is_a_png_and_a_pdf_and_gets_one_line(built):
     outcomes, lines, out = built
     assert sorted(outcomes) == sorted(FAMILIES)
     for family, outcome in outcomes.items():
+        if family in NOT_COMMITTED_YET:
+            assert NOT_COMMITTED_YET[family] in outcome.missing
+            continue
         assert outcome.missing is None, outcome.missing
         png, pdf = out / f"{family}_{MODEL}.png", out / f"{family}_{MODEL}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -263,7 +270,8 @@ def test_a_metric_no_record_carries_skips_only_the_performance_figures(results, 
     drawn = {o.name.removesuffix(f"_{MODEL}") for o in outcomes if o.missing is None}
     assert drawn == {"intersec", "blocks", "scores"}
     assert "no record carries 'average:acc'" in lines[0]
-    assert all("no record carries 'average:acc'" in o.missing for o in outcomes if o.missing)
+    lacking = [o for o in outcomes if o.missing and not o.name.startswith("damage")]
+    assert all("no record carries 'average:acc'" in o.missing for o in lacking)
 
 
 def test_records_of_another_eval_setting_are_reported_not_mixed(records):

@@ -13,6 +13,7 @@ so a rerun retries it. Bad input (LwqError) and stop signals end the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from lwq.claims import Claims
 from lwq.commands.context import RunContext
+from lwq.commands.damage import damage_meter
 from lwq.commands.points import Point
 from lwq.commands.reuse import SweepReuse
 from lwq.commands.stopping import StopSignals
@@ -41,9 +43,17 @@ class NonFiniteMetric(FloatingPointError):
 
 
 def evaluate_points(
-    ctx: RunContext, points: list[Point], stop: StopSignals, *, high: int, low: int
+    ctx: RunContext,
+    points: list[Point],
+    stop: StopSignals,
+    *,
+    high: int,
+    low: int,
+    sensitivity_key: dict | None = None,
 ) -> tuple[list[dict], list[dict]]:
-    """(records written, failures recorded) for every point not yet in the records."""
+    """(records written, failures recorded) for every point not yet in the records; with
+    the run's sensitivity table cached under `sensitivity_key`, each plan's record also gets
+    its predicted and realized calibration KL (lwq.commands.damage)."""
     done = ctx.store.done_keys()
     todo = [p for p in points if p.key not in done]
     if len(todo) < len(points):
@@ -53,6 +63,7 @@ def evaluate_points(
     failed: list[dict] = []
     if todo and ctx.kl_cache is not None:  # before any plan is installed: the model as loaded
         ctx.suite.prepare_reference(ctx.model, ctx.tokenizer, ctx.kl_cache)
+    damage = damage_meter(ctx, sensitivity_key) if todo and sensitivity_key else None
     applier = ctx.applier()
     bar = tqdm(total=len(todo), desc=f"sweep {ctx.shared['model']}", unit="point")
     try:
@@ -70,7 +81,14 @@ def evaluate_points(
                         if point.key not in ctx.store.done_keys():  # recorded meanwhile?
                             around = reuse.context(point, todo[n + 1 :])
                             record = _evaluate(
-                                ctx, applier, point, stop, high=high, low=low, reuse=around
+                                ctx,
+                                applier,
+                                point,
+                                stop,
+                                high=high,
+                                low=low,
+                                reuse=around,
+                                damage=damage,
                             )
                             _keep(ctx, record, written, failed)
                     finally:
@@ -144,13 +162,23 @@ def _still_open(ctx: RunContext, elsewhere: list[Point], claims: Claims) -> list
 
 
 def _evaluate(
-    ctx: RunContext, applier, point: Point, stop: StopSignals, *, high, low, reuse=None
+    ctx: RunContext,
+    applier,
+    point: Point,
+    stop: StopSignals,
+    *,
+    high,
+    low,
+    reuse=None,
+    damage=None,
 ) -> dict:
     """Install, evaluate and record one point (or its failure); returns the record. A point
     whose plan was evaluated already (by another ordering) gets that result again."""
     plan_key = point.plan_key(ctx.identity)
     earlier = _evaluated(ctx, plan_key)
     if earlier is not None:
+        if "damage" in earlier:  # the same plan: the same damage
+            point = dataclasses.replace(point, fields=point.fields | {"damage": earlier["damage"]})
         record = build_record(
             ctx.shared,
             kind=point.kind,
@@ -173,6 +201,10 @@ def _evaluate(
                 ctx.model, ctx.tokenizer, reference_point=point.kind == "reference", reuse=reuse
             )
         _check_finite(result)
+        if damage is not None and point.kind != "reference" and not point.removed:
+            measured = damage.measure(point.plan)
+            if measured is not None:
+                point = dataclasses.replace(point, fields=point.fields | {"damage": measured})
         record = build_record(
             ctx.shared,
             kind=point.kind,

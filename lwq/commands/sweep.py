@@ -12,7 +12,7 @@ from __future__ import annotations
 from lwq.commands.compare import sensitivity_summary
 from lwq.commands.context import open_context
 from lwq.commands.evaluate import evaluate_points
-from lwq.commands.points import Point, plan_points
+from lwq.commands.points import Point, allocation_settings, plan_points
 from lwq.commands.stopping import Stopped, StopSignals
 from lwq.config import RunConfig
 from lwq.errors import PointsFailed
@@ -37,7 +37,12 @@ def run_sweep(run: RunConfig) -> list[dict]:
             for point in points:  # a shape the backend refuses stops here, before any work
                 ctx.sizes.cost(point.plan, point.removed)
             written, failed = evaluate_points(
-                ctx, points, stop, high=run.sweep.high, low=run.sweep.low
+                ctx,
+                points,
+                stop,
+                high=run.sweep.high,
+                low=run.sweep.low,
+                sensitivity_key=ctx.identity.score_key("sensitivity", allocation_settings(run)),
             )
         except Stopped as stopped:
             if points:

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from lwq.errors import LwqError
 from lwq.figures.blocks import blocks_figure, intersec_figure, scores_figure
+from lwq.figures.damage import damage_figure
 from lwq.figures.select import (
     ModelRecords,
     Perf,
@@ -50,6 +51,7 @@ FAMILIES: dict[str, Family] = {
     "blocks": Family(lambda mr, perf, order: blocks_figure(mr), needs_perf=False),
     "scores": Family(lambda mr, perf, order: scores_figure(mr), needs_perf=False),
     "size": Family(lambda mr, perf, order: size_figure(mr, perf, order=order)),
+    "damage": Family(lambda mr, perf, order: damage_figure(mr), needs_perf=False),
 }
 
 

@@ -1,0 +1,57 @@
+"""Predicted against realized damage of every evaluated plan (the allocation issue).
+
+The exact allocator assumes that block damages add up: a plan's damage is the sum over its
+blocks of the KL measured with that block alone quantized (the sensitivity table). When the
+run's table is cached (the one `budget=` allocates from: KL at every width of
+`allowed_bits`, on the calibration tokens), each evaluated plan's record gets
+`damage.predicted_kl` (that sum; 0 for blocks at 16 bits) and `damage.calibration_kl`
+(the KL of the whole installed plan on the same tokens, lwq.metrics.sensitivity's
+CalibrationKL); the held-out KL is the record's `eval.kl.mean`. Their agreement says how
+far additivity holds on a model.
+"""
+
+from __future__ import annotations
+
+from lwq.evaluation.logits import OutputHead, rows_per_chunk
+from lwq.metrics.cache import load_cached
+from lwq.metrics.sensitivity import CalibrationKL
+from lwq.plan import Plan
+from lwq.quant.base import FULL_PRECISION
+
+
+class DamageMeter:
+    """Predicted (summed table) and realized (whole plan) KL on the calibration tokens."""
+
+    def __init__(self, ctx, table: dict[str, tuple[float, ...]]) -> None:
+        self.table = table
+        head = OutputHead(ctx.model)
+        rows = rows_per_chunk(head.vocab, ctx.logits_memory or 0.25)
+        self.reference = CalibrationKL(head, ctx.calibration(), 8, rows)  # model as loaded
+
+    def predicted(self, plan: Plan) -> float | None:
+        """Summed single-block KLs, or None when a width of `plan` is not in the table."""
+        total = 0.0
+        for i, bits in enumerate(plan.bits):
+            if bits == FULL_PRECISION:
+                continue
+            column = self.table.get(f"kl@{bits}")
+            if column is None:
+                return None
+            total += column[i]
+        return total
+
+    def measure(self, plan: Plan) -> dict | None:
+        """{"predicted_kl", "calibration_kl"} of the plan installed now, or None."""
+        predicted = self.predicted(plan)
+        if predicted is None:
+            return None
+        realized, _ = self.reference.measure()
+        return {"predicted_kl": predicted, "calibration_kl": realized}
+
+
+def damage_meter(ctx, sensitivity_key: dict) -> DamageMeter | None:
+    """A meter from the cached sensitivity table under `sensitivity_key`, if there is one."""
+    scores = load_cached(ctx.cache_dir, sensitivity_key)
+    if scores is None or not scores.details:
+        return None
+    return DamageMeter(ctx, dict(scores.details))
