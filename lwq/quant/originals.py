@@ -4,7 +4,8 @@ A sweep that quantizes every block holds the model's quantized blocks and, besid
 the original of each (to build other widths from and to restore): for SmolLM2 405 MB of
 its 918 MB, for a 7B model ~13 GB of host memory on top of the GPU's copy. Originals
 are read only when a variant is built or a block restored, so `OnDisk` writes each to a
-scratch file the first time it is parked and drops its tensors; `load` reads it back,
+scratch file the first time it is parked and drops its tensors (one element each is left,
+seen in the tensor's shape); `load` reads it back,
 bit for bit (safetensors keeps dtype and values). Parameters and buffers keep their
 Python objects, so nothing holding the module notices.
 """
@@ -58,7 +59,7 @@ class OnDisk:
         dropped = {n: t for n, t in tensors.items() if t.data_ptr() not in keep and t.numel()}
         self._devices[i] = {n: t.device for n, t in dropped.items()}
         for t in dropped.values():
-            t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+            t.data = _placeholder(t)
 
     def load(self, i: int, block: torch.nn.Module) -> None:
         """Block i's tensors back where they were, exactly as written."""
@@ -76,6 +77,14 @@ class OnDisk:
 
     def _path(self, i: int) -> str:
         return str(self.folder / f"{i}.safetensors")
+
+
+def _placeholder(t: torch.Tensor) -> torch.Tensor:
+    """One element seen as `t`'s shape (sizes still read right: lwq.quant.cost), NaN where
+    the dtype has it, so a parked original used by mistake gives non-finite numbers,
+    which a point refuses to record."""
+    fill = float("nan") if t.is_floating_point() or t.is_complex() else 0
+    return torch.full((1,), fill, dtype=t.dtype, device=t.device).expand(t.shape)
 
 
 def _tensors(block: torch.nn.Module):
