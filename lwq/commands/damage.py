@@ -12,7 +12,6 @@ far additivity holds on a model.
 
 from __future__ import annotations
 
-from lwq.evaluation.logits import OutputHead, rows_per_chunk
 from lwq.metrics.cache import load_cached
 from lwq.metrics.sensitivity import CalibrationKL
 from lwq.plan import Plan
@@ -24,9 +23,8 @@ class DamageMeter:
 
     def __init__(self, ctx, table: dict[str, tuple[float, ...]]) -> None:
         self.table = table
-        head = OutputHead(ctx.model)
-        rows = rows_per_chunk(head.vocab, ctx.logits_memory or 0.25)
-        self.reference = CalibrationKL(head, ctx.calibration(), 8, rows)  # model as loaded
+        memory = ctx.logits_memory or 0.25
+        self.reference = CalibrationKL.of(ctx.model, ctx.calibration(), 8, memory)  # as loaded
 
     def predicted(self, plan: Plan) -> float | None:
         """Summed single-block KLs, or None when a width of `plan` is not in the table."""

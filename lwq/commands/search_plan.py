@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 from lwq.claims import computed_once
-from lwq.evaluation.logits import OutputHead, rows_per_chunk
 from lwq.metrics.sensitivity import CalibrationKL
 from lwq.modeling.prefix import PrefixCache
 from lwq.plan import Plan
@@ -41,10 +40,11 @@ class PlanFitness:
         self.applier = ctx.applier()
         calibration = ctx.calibration()
         seq_len = calibration.shape[1]
-        head = OutputHead(ctx.model)
-        rows = rows_per_chunk(head.vocab, ctx.logits_memory or 0.25)
+        memory = ctx.logits_memory or 0.25
         self.references = [
-            CalibrationKL(head, calibration[: max(1, math.ceil(tokens / seq_len))], 8, rows)
+            CalibrationKL.of(
+                ctx.model, calibration[: max(1, math.ceil(tokens / seq_len))], 8, memory
+            )
             for tokens, _ in settings.schedule
         ]
         self.cache = PrefixCache(ctx.reuse_memory or 0.5, ctx.reuse_on)

@@ -104,6 +104,12 @@ class CalibrationKL:
             tokens += len(targets)
         self.nll = nll / tokens
 
+    @classmethod
+    def of(cls, model, calibration: torch.Tensor, batch_size: int, logits_memory: float):
+        """The reference of `model` as it stands, logits `logits_memory` GB at a time."""
+        head = OutputHead(model)
+        return cls(head, calibration, batch_size, rows_per_chunk(head.vocab, logits_memory))
+
     def _passes(self):
         """(final hidden states (N, D), next tokens (N,)) of each calibration batch, the
         last position of every sequence dropped (it predicts nothing here)."""
@@ -166,9 +172,7 @@ def sensitivity_scores(
     if logits_memory is None:
         reference = _WholeReference(model, calibration, batch_size)
     else:
-        head = OutputHead(model)
-        rows = rows_per_chunk(head.vocab, logits_memory)
-        reference = CalibrationKL(head, calibration, batch_size, rows)
+        reference = CalibrationKL.of(model, calibration, batch_size, logits_memory)
     entering = BlockInputs.capture(model, blocks, calibration, batch_size)
     details: dict[str, list[float]] = {f"{kind}@{b}": [] for b in widths for kind in ("kl", "ppl")}
     applier = PlanApplier(blocks, engine)
