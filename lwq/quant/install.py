@@ -68,14 +68,18 @@ class PlanApplier:
     def _park_unused(self) -> None:
         """Originals not installed go where `originals` keeps them until next needed
         (a building walk may have read them all back)."""
-        if isinstance(self.parked, InMemory):
+        waiting = [
+            i
+            for i, block in self._originals.items()
+            if self.blocks[i] is not block and not self.parked.parked(i)
+        ]
+        if not waiting:
             return
         in_use = frozenset(
             t.data_ptr() for b in self.blocks for t in (*b.parameters(), *b.buffers())
         )
-        for i, block in self._originals.items():
-            if self.blocks[i] is not block:
-                self.parked.park(i, block, keep=in_use)
+        for i in waiting:
+            self.parked.park(i, self._originals[i], keep=in_use)
 
     def _variant(self, i: int, plan: Plan) -> torch.nn.Module:
         device = next(self.blocks[i].parameters()).device

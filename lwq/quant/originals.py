@@ -5,9 +5,9 @@ the original of each (to build other widths from and to restore): for SmolLM2 40
 its 918 MB, for a 7B model ~13 GB of host memory on top of the GPU's copy. Originals
 are read only when a variant is built or a block restored, so `OnDisk` writes each to a
 scratch file the first time it is parked and drops its tensors (one element each is left,
-seen in the tensor's shape); `load` reads it back,
-bit for bit (safetensors keeps dtype and values). Parameters and buffers keep their
-Python objects, so nothing holding the module notices.
+seen in the tensor's shape); `load` reads it back, bit for bit (safetensors keeps dtype
+and values). Parameters and buffers keep their Python objects, so nothing holding the
+module notices.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-HOST, DISK = "host", "disk"
+DISK = "disk"
 
 
 class InMemory:
     """Originals stay as they are (the engine parks them on the host)."""
+
+    def parked(self, i: int) -> bool:
+        return True  # nothing to do for it
 
     def park(self, i: int, block: torch.nn.Module, keep: frozenset[int] = frozenset()) -> None:
         pass
@@ -45,10 +48,13 @@ class OnDisk:
         self._devices: dict[int, dict[str, torch.device]] = {}  # parked: where each lived
         self.reads = 0
 
+    def parked(self, i: int) -> bool:
+        return i in self._devices
+
     def park(self, i: int, block: torch.nn.Module, keep: frozenset[int] = frozenset()) -> None:
         """Write block i's tensors out (the first time) and drop them from memory, except
         those whose storage is in `keep` (shared with a block in use)."""
-        if i in self._devices:
+        if self.parked(i):
             return
         tensors = dict(_tensors(block))
         if i not in self._written:
@@ -71,9 +77,6 @@ class OnDisk:
             if name in devices:
                 t.data = saved[name].to(devices[name])
         self.reads += 1
-
-    def close(self) -> None:
-        self._remove()
 
     def _path(self, i: int) -> str:
         return str(self.folder / f"{i}.safetensors")
