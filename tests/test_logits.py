@@ -1,7 +1,8 @@
 """Bounded log-probabilities (lwq.evaluation.logits): a few positions at a time give the
-numbers of whole logits (perplexity, KL, top-1; lwq's pass and lm-eval's), on ref-tiny and
-on a shrunk GQA Llama; a model whose forward changes its logits in a way lwq does not
-reproduce is refused, and Gemma-2's soft-capping is reproduced."""
+numbers of whole logits (perplexity, KL, top-1; lwq's pass and lm-eval's, whose requests
+lwq answers itself when one row does not fit), on ref-tiny and on a shrunk GQA Llama; a
+model whose forward changes its logits in a way lwq does not reproduce is refused, and
+Gemma-2's soft-capping is reproduced."""
 
 from __future__ import annotations
 
@@ -128,7 +129,9 @@ def test_lm_eval_runs_fewer_rows_under_the_bound_with_the_same_perplexity(ref_mo
     model, tokenizer = ref_model
     spec = EvalSpec(name="t", text="ref-heldout", chunk_chars=1500, limit=3, seed=0, max_length=128)
     results, rows = {}, {}
-    for memory in (None, TINY_GB * 100):  # 2 MB: one row of 128 x 4096 logits (4 MB) at most
+    # 10 MB: two rows of 128 x 4096 logits and log-softmax (4 MB each); 20 kB: not one
+    # row, lwq answers lm-eval's requests
+    for memory in (None, TINY_GB * 500, TINY_GB):
         suite = Suite(
             spec, data_dir=tmp_path, workdir=tmp_path, batch_size=4, logits_memory=memory
         ).prepare()
@@ -143,6 +146,65 @@ def test_lm_eval_runs_fewer_rows_under_the_bound_with_the_same_perplexity(ref_mo
         finally:
             hook.remove()
         rows[memory] = max(seen)
-    assert rows == {None: 4, TINY_GB * 100: 1}
+    assert rows == {None: 4, TINY_GB * 500: 2, TINY_GB: 4}
     for metric in ("word_perplexity", "byte_perplexity"):
-        assert results[TINY_GB * 100][metric] == pytest.approx(results[None][metric], rel=1e-6)
+        for memory in (TINY_GB * 500, TINY_GB):
+            assert results[memory][metric] == pytest.approx(results[None][metric], rel=1e-6)
+
+
+def _requests(vocab: int, greedy: list[int]) -> list[tuple]:
+    """lm-eval log-likelihood requests: rolling windows (one-token context), contexts
+    longer than the window (truncated on the left), one-token continuations, a cache key,
+    and `greedy`, a continuation that is the model's own argmax."""
+    generator = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(1, vocab, (n,), generator=generator).tolist()
+
+    return [
+        (None, ids(1), ids(64)),  # a whole rolling window
+        (None, ids(1), ids(17)),
+        (("a", "b"), ids(30), ids(5)),
+        (None, ids(90), ids(8)),  # 98 tokens: truncated to the last 65
+        (None, ids(12), ids(1)),
+        (None, greedy[:1], greedy[1:]),
+        (None, ids(40), ids(24)),
+    ]
+
+
+@pytest.mark.parametrize("which", ["ref-tiny", "shrunk-gqa-llama"])
+def test_lm_evals_requests_are_answered_a_few_positions_at_a_time(which, ref_model):
+    """When not one row of lm-eval's logits fits the bound, lwq answers its requests with
+    HFLM's numbers, and the output layer never sees more than a chunk of positions."""
+    from lwq.evaluation.lm_eval_internals import encode_once_hflm
+
+    model, tokenizer = ref_model
+    if which != "ref-tiny":
+        model = shrunk_model("llama", num_key_value_heads=2, vocab_size=len(tokenizer))
+    lm = encode_once_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=3, max_length=64)
+    lm.lwq_quiet = True
+    head = OutputHead(model)
+    start = torch.tensor([[5]])
+    with torch.no_grad():  # a continuation every token of which is the model's argmax
+        for _ in range(4):
+            start = torch.cat([start, model(input_ids=start).logits[:, -1:].argmax(-1)], dim=1)
+    requests = _requests(head.vocab, start[0].tolist())
+    whole = lm._loglikelihood_tokens(requests)
+
+    memory = TINY_GB * 10  # 200 kB: one row of 64 x vocab float32 logits is 1-2 MB
+    rows = rows_per_chunk(head.vocab, memory)
+    assert 1 < rows < 64
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda _m, args, _out: seen.append(args[0].shape[:-1].numel())
+    )
+    lm.lwq_logits_memory = memory
+    try:
+        bounded = lm._loglikelihood_tokens(requests)
+    finally:
+        hook.remove()
+    assert 0 < max(seen) <= rows
+    assert [g for _, g in bounded] == [g for _, g in whole]
+    assert bounded[5][1] and not bounded[0][1]  # the argmax continuation, a random one
+    for (ours, _), (theirs, _) in zip(bounded, whole, strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-6)

@@ -26,7 +26,6 @@ from lwq.commands.score_source import cached_only
 from lwq.config import RunConfig
 from lwq.data import chunk_documents, load_texts, seeded_subset
 from lwq.errors import LwqError
-from lwq.evaluation.lm_eval_internals import rows_within
 from lwq.modeling.blocks import find_blocks
 from lwq.modeling.load import (
     CheckpointFacts,
@@ -178,13 +177,12 @@ def _print(run, source, n_blocks, planned, estimate, alike: bool) -> None:
 
 
 def _logits_bytes(eval_config, batch: int, window: int, vocab: int) -> int:
-    """The largest float32 log-probabilities of the evaluation: lwq's bounded chunks or
-    lm-eval's rows (lwq.evaluation.logits, lm_eval_internals.rows_within)."""
-    whole = 2 * batch * window * vocab * FLOAT32  # logits and their log-softmax
+    """The largest float32 log-probabilities of the evaluation: under a bound, lwq's
+    chunks, lm-eval's rows (lm_eval_internals.rows_within) or, when one row does not fit,
+    lwq's answers to lm-eval's requests (lwq.evaluation.bounded_requests) all stay in it."""
     if eval_config.logits_memory is None:
-        return whole
-    rows = rows_within(eval_config.logits_memory, window, vocab, batch)
-    return max(int(eval_config.logits_memory * GB), 2 * rows * window * vocab * FLOAT32)
+        return 2 * batch * window * vocab * FLOAT32  # logits and their log-softmax
+    return int(eval_config.logits_memory * GB)
 
 
 def _boundary_bytes(run, hidden: int, dtype_bytes: int) -> int:

@@ -7,7 +7,8 @@ model: a task's `build_all_requests` (rendering, done once: `RequestsOnce`), HFL
 `_encode_pair` (tokenizing each pair once) and the progress bars of HFLM's request
 methods; it also sets HFLM's batch size per call of `_loglikelihood_tokens` so that the
 whole (batch x length x vocabulary) log-softmax lm-eval computes stays under
-`eval.logits_memory` (`rows_within`), and wraps its rolling log-likelihoods (held-out
+`eval.logits_memory` (`rows_within`), answers the requests itself when not even one row
+fits (lwq.evaluation.bounded_requests), and wraps its rolling log-likelihoods (held-out
 text) in the caller's context (`lwq_rolling`: prefix reuse, lwq.modeling.prefix); and
 it sets the offline flags `datasets` and `huggingface_hub` read at import.
 Those internals change between releases, so `check_version` refuses any lm-eval but
@@ -23,6 +24,7 @@ import os
 from importlib import metadata
 
 from lwq.errors import LwqError
+from lwq.evaluation.bounded_requests import answer_requests, row_bytes
 
 WRITTEN_FOR = "0.4.13"
 
@@ -100,6 +102,9 @@ def encode_once_hflm():
             if self.lwq_logits_memory is not None and requests:
                 longest = min(max(len(c) + len(t) for _, c, t in requests), self.max_length + 1)
                 vocab = self.model.get_output_embeddings().out_features
+                one_row = row_bytes(longest - 1, vocab)
+                if self.backend == "causal" and one_row > self.lwq_logits_memory * 1e9:
+                    return answer_requests(self, requests, self.lwq_logits_memory)
                 self.batch_size_per_gpu = rows_within(
                     self.lwq_logits_memory, longest - 1, vocab, configured
                 )
@@ -120,8 +125,7 @@ def encode_once_hflm():
 def rows_within(memory_gb: float, length: int, vocab: int, batch_size: int) -> int:
     """Rows of a batch whose logits and log-softmax (float32, as lm-eval holds them at
     once) fit `memory_gb`: at most `batch_size`, at least one."""
-    per_row = 2 * 4 * length * vocab
-    return max(1, min(batch_size, int(memory_gb * 1e9) // per_row))
+    return max(1, min(batch_size, int(memory_gb * 1e9) // row_bytes(length, vocab)))
 
 
 def go_offline() -> None:
