@@ -38,7 +38,7 @@ from lwq.quant.originals import make_originals
 from lwq.quant.store import VariantStore
 from lwq.results.record import shared_fields
 from lwq.results.store import RecordStore
-from lwq.runtime import digest, pick_device, pick_dtype, resolve_model_path, return_freed_memory
+from lwq.runtime import digest, pick_device, pick_dtype, resolve_model_path
 
 CAPTURE_BATCH = 8  # calibration sequences per forward when capturing block inputs
 
@@ -114,7 +114,6 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
     """Load what `run` needs; `evaluate` adds the suite, the record store and the tracker."""
     backend = run.quant.backend
     check_inputs(run, evaluate=evaluate)
-    return_freed_memory()
     suite = make_suite(run) if evaluate else None  # bad tasks, missing data: before the model
     model, tokenizer, blocks, device = load(run)
     calibration = _calibration(run, tokenizer)

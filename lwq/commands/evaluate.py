@@ -31,7 +31,7 @@ from lwq.modeling.prefix import PrefixCache
 from lwq.modeling.prune import blocks_removed
 from lwq.results.record import build_record, failed_record
 from lwq.results.tracking import tracked_values
-from lwq.runtime import peak_memory
+from lwq.runtime import freed_after, peak_memory
 
 WAIT_SECONDS = 5.0  # between looks at points other processes are evaluating
 # Run-time failures of one point; anything else (bad input, a bug in lwq) stops the run.
@@ -196,7 +196,7 @@ def _evaluate(
     try:
         quantize = _install(applier, point, ctx.device)
         started = time.time()
-        with peak_memory(ctx.device) as eval_memory, _removed(ctx, point):
+        with peak_memory(ctx.device) as eval_memory, _removed(ctx, point), freed_after():
             result = ctx.suite.evaluate(
                 ctx.model, ctx.tokenizer, reference_point=point.kind == "reference", reuse=reuse
             )

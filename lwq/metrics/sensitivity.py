@@ -38,9 +38,11 @@ from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION
 from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
+from lwq.runtime import freed_after
 
 
 @torch.no_grad()
+@freed_after()
 def _logprobs(model, calibration: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     device = next(model.parameters()).device
     out = []
@@ -68,13 +70,15 @@ def _kl_and_nll(reference: list[torch.Tensor], quantized: list[torch.Tensor], ca
 def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
     """Per row, in float64: the KL is a small difference of two of them."""
     top = logits.amax(dim=-1, keepdim=True)
-    return top.squeeze(-1).double() + (logits - top).exp().sum(dim=-1, dtype=torch.float64).log()
+    shifted = torch.sub(logits, top).exp_()  # one temporary of the chunk's size, not two
+    return top.squeeze(-1).double() + shifted.sum(dim=-1, dtype=torch.float64).log()
 
 
 class CalibrationKL:
     """Per calibration token what the KL against the model as built needs (see the module);
     `measure()` then gives the KL of the model as it stands (sensitivity, plan search)."""
 
+    @freed_after()
     def __init__(self, head: OutputHead, calibration: torch.Tensor, batch_size: int, rows: int):
         if head.softcap is not None:
             raise LwqError(
@@ -119,6 +123,7 @@ class CalibrationKL:
             hidden = self.head.final_hidden(input_ids=ids)[:, :-1]
             yield hidden.reshape(-1, hidden.shape[-1]), ids[:, 1:].reshape(-1)
 
+    @freed_after()
     def measure(self) -> tuple[float, float]:
         """Mean KL(reference || model as it stands) per token, and the model's mean NLL."""
         kl = nll = 0.0
