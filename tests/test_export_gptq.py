@@ -1,6 +1,7 @@
 """`python run.py quant=gptq export export.format=gptq`: the plan's GPTQ blocks saved as a
 GPTQ checkpoint with one bit-width per block (gptqmodel's `dynamic` rules), holding exactly
-the bytes lwq counts, and loaded back by gptqmodel to the same perplexity."""
+the bytes lwq counts, and loaded back by gptqmodel to the same perplexity; slider's blocks
+as well."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def test_the_common_width_is_the_checkpoints_and_every_other_block_has_a_rule():
 
 def test_a_gptq_checkpoint_is_asked_of_gptq_only():
     run = compose_run("command=export", "export.format=gptq", "export.k=3")
-    with pytest.raises(LwqError, match="add quant=gptq"):
+    with pytest.raises(LwqError, match="add quant=gptq or quant=slider"):
         check_export(run)
 
 
@@ -110,3 +111,35 @@ def test_a_changed_scale_is_caught_by_the_packed_tensor_check(exported):
     assert same_packed_tensors(first, blocks, second)
     second.model.layers[5].mlp.down_proj.scales[0, 0] += 1
     assert not same_packed_tensors(first, blocks, second)
+
+
+@pytest.mark.slow
+def test_slider_blocks_are_saved_as_a_gptq_checkpoint_and_load_back(tmp_path):
+    """quant=slider's plan (ref-tiny, 4 blocks at 2 bits, the rest at 4; a cheap
+    calibration) exported as GPTQ: gptqmodel loads exactly the packed codes, scales and
+    zero points lwq installed, to lwq's perplexity."""
+    order = ranking(position_scores(None, range(12)), reverse=False)
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(f"bits: {[2 if i in order[:4] else 4 for i in range(12)]}\n")
+    run = compose_run(
+        "command=export",
+        "quant=slider",
+        "quant.settings.epochs=2",
+        "quant.settings.group_size=32",
+        "calib.samples=2",
+        "calib.seq_len=64",
+        "export.format=gptq",
+        f"plan_file={plan_file}",
+        f"export.out={tmp_path / 'out'}",
+        "export.check_ctx=128",
+        "export.check_chunks=2",
+        f"paths.results={tmp_path}",
+        "tracking=none",
+    )
+    manifest = run_export(run)
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())["quantization_config"]
+    assert saved["bits"] == 4 and saved["group_size"] == 32 and saved["sym"] is False
+    assert len(saved["dynamic"]) == 4
+    check = manifest["check"]
+    assert check["same_packed_tensors"]
+    assert abs(check["relative_difference"]) < 1e-3 and 5 < check["gptqmodel"] < 500

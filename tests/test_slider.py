@@ -50,7 +50,7 @@ def _untrained(blocks, bits: int, group_size: int):
         for name, linear in block_linears(block):
             learned = LearnedWeight(linear.weight, bits, group_size, rank=4, init=4.0)
             start = copy.deepcopy(linear)
-            start.weight.data = learned.merged()
+            start.weight.data = learned.merged()[0]
             block.set_submodule(name, start)
     return out
 
@@ -102,3 +102,30 @@ def test_bf16_autocast_is_a_setting_that_changes_the_result_not_the_grid(first_b
         assert weight.dtype == torch.float32, name  # merged in the loaded dtype
         assert max(len(torch.unique(row)) for row in weight) <= 4, name  # 2 bits a channel
     assert any(not torch.equal(a, b) for _, a, b in pairs)  # the bf16 passes were used
+
+
+def test_merged_blocks_pack_into_gptq_linears_on_the_same_grid(first_blocks):
+    """The merge keeps each linear's grid; packed for a GPTQ checkpoint, every weight is
+    its code on that grid (scales stored in float16, as GPTQ stores them)."""
+    from lwq.quant.slider import SCALE_BUFFER, ZERO_BUFFER
+
+    blocks, inputs = first_blocks
+    backend = make_backend("slider", epochs=2, group_size=32, windows="0-2")
+    bits = (2, 4, 3)
+    out = backend.quantize(copy.deepcopy(blocks), bits, inputs.copy())
+    for block, b in zip(out, bits, strict=True):
+        grids = {}
+        for name, linear in block_linears(block):
+            scale, zero = getattr(linear, SCALE_BUFFER), getattr(linear, ZERO_BUFFER)
+            groups = torch.arange(linear.in_features) // 32
+            s, z = scale[:, groups], zero[:, groups]
+            codes = torch.round(linear.weight / s + z)
+            assert codes.min() >= 0 and codes.max() <= 2**b - 1, name
+            assert torch.equal((codes - z) * s, linear.weight), name  # exactly on the grid
+            grids[name] = (codes - z) * s.half().float()
+        backend.pack(block, b)
+        for name, expected in grids.items():
+            packed = block.get_submodule(name)
+            assert packed.bits == b and packed.group_size == 32, name
+            stored = packed.dequantize_weight().float().T  # (in, out) float16 -> (out, in)
+            assert (stored - expected).abs().le(expected.abs() * 2**-10).all(), name

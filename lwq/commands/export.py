@@ -7,7 +7,8 @@ model's checkpoint (lwq.export.gguf_file), a manifest beside it says what each b
 really got, and llama-perplexity measures the file against lwq on the weights it holds
 (lwq.export.check). `export.format=gptq`: the plan's GPTQ blocks as lwq built them are
 saved as a checkpoint (lwq.export.gptq_checkpoint) and loaded back by gptqmodel for the
-same comparison. Both checks' numbers go into the manifest.
+same comparison; slider's blocks too (quant=slider: its codes, scales and zero points
+packed in the GPTQ format, asymmetric). Both checks' numbers go into the manifest.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lwq.export.gguf_file import block_types, summary, write
 from lwq.llama_cpp import LlamaCpp, locate
 from lwq.modeling.load import load_model, read_checkpoint_facts
 from lwq.plan import Plan
+from lwq.quant.base import FULL_PRECISION
 from lwq.runtime import pick_device, resolve_model_path, seed_everything
 
 
@@ -39,10 +41,11 @@ def check_export(run: RunConfig) -> tuple[LlamaCpp | None, Path | None]:
     checkpoint asked of another backend. Returns (tools, checkpoint) for a GGUF export."""
     spec = run.export
     gguf = spec.format == "gguf"
-    if not gguf and run.quant.name != "gptq":
+    if not gguf and run.quant.name not in GPTQ_PACKABLE:
         raise LwqError(
-            f"export.format=gptq saves the GPTQ blocks lwq calibrates, not quant={run.quant.name}"
-            "'s; add quant=gptq (with the sweep's quant.settings, to reuse its cached blocks)"
+            f"export.format=gptq saves the GPTQ or slider blocks lwq calibrates, not "
+            f"quant={run.quant.name}'s; add quant=gptq or quant=slider (with the sweep's "
+            "quant.settings, to reuse its cached blocks)"
         )
     tools = locate() if gguf else None
     if gguf and run.model.gguf_file:
@@ -71,6 +74,9 @@ def check_export(run: RunConfig) -> tuple[LlamaCpp | None, Path | None]:
         if gguf:
             block_types(Plan((run.sweep.high, run.sweep.low)), spec.gguf.types)
     return tools, checkpoint if gguf else None
+
+
+GPTQ_PACKABLE = ("gptq", "slider")  # backends whose blocks a GPTQ checkpoint can hold
 
 
 def run_export(run: RunConfig) -> dict:
@@ -116,9 +122,13 @@ def _export_gptq(run: RunConfig) -> dict:
     # the packed linears themselves rather than their evaluated form: the same blocks, so
     # the cached variants still serve
     ctx.applier(packed=True).apply(plan)
-    config = gptq_checkpoint.write(
-        ctx.model, ctx.tokenizer, ctx.blocks, plan, ctx.backend.settings(), Path(out)
-    )
+    settings = ctx.backend.settings()
+    if run.quant.name == "slider":  # merged linears on their grid: packed here
+        for block, bits in zip(ctx.blocks, plan.bits, strict=True):
+            if bits != FULL_PRECISION:
+                ctx.backend.pack(block, bits)
+        settings = ctx.backend.checkpoint_settings()
+    config = gptq_checkpoint.write(ctx.model, ctx.tokenizer, ctx.blocks, plan, settings, Path(out))
     manifest = {
         "model": run.model.name,
         "directory": str(out),

@@ -51,6 +51,7 @@ AUTOCAST = ("auto", "off", "bf16")  # auto: bf16 on CUDA, CPU_AUTOCAST on the CP
 CPU_AUTOCAST = "off"  # bf16 was slower on ref-tiny here (docs/backends.md: 63-78 s vs 81-88 s)
 
 BITS_ATTR = "lwq_slider_bits"  # set on a merged linear: the width its weights are on
+SCALE_BUFFER, ZERO_BUFFER = "lwq_scale", "lwq_zero"  # a merged linear's grid, (rows, groups)
 SCALE_LIMITS = (1e-5, 1e4)  # the authors' clamp of scales (CLIPMIN) and zero points
 
 
@@ -116,11 +117,13 @@ class LearnedWeight(nn.Module):
         return torch.cat([dequantized[:, :cut], w[:, cut:]], dim=1)
 
     @torch.no_grad()
-    def merged(self) -> torch.Tensor:
-        """The final weights: integer codes, scales and zero points (clamped to the codes)."""
+    def merged(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The final weights on their grid (integer codes, zero points clamped to the codes),
+        and the grid: per (output row, group) the scale and the zero point, float32."""
         w, groups, scale, zero, levels = self._grid(clamp_zero=True)
         codes = (torch.round(groups / scale) + zero).clamp(0, levels)
-        return ((codes - zero) * scale).reshape(w.shape)
+        shape = (w.shape[0], w.shape[1] // self.group_size)
+        return ((codes - zero) * scale).reshape(w.shape), scale.view(shape), zero.view(shape)
 
 
 class LearnedLinear(nn.Module):
@@ -350,13 +353,17 @@ class SliderQuant:
 
     @staticmethod
     def _merge(block: nn.Module, bits: int) -> None:
+        """Each learned linear becomes a plain one on its grid; the grid (scale and zero
+        point per row and group) stays with it as buffers, for the GPTQ export."""
         for name, module in list(block.named_modules()):
             if isinstance(module, LearnedLinear):
-                weight = module.learned.merged()
+                weight, scale, zero = module.learned.merged()
                 linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None)
                 linear.weight = nn.Parameter(weight.to(module.learned.dtype), requires_grad=False)
                 if module.bias is not None:
                     linear.bias = nn.Parameter(module.bias, requires_grad=False)
+                linear.register_buffer(SCALE_BUFFER, scale)
+                linear.register_buffer(ZERO_BUFFER, zero)
                 setattr(linear, BITS_ATTR, bits)
                 block.set_submodule(name, linear)
 
@@ -364,10 +371,58 @@ class SliderQuant:
         return {k: v.detach().cpu().contiguous() for k, v in block.state_dict().items()}
 
     def restore(self, original: nn.Module, bits: int, state: dict) -> nn.Module:
+        for name, module in block_linears(original):
+            if f"{name}.{SCALE_BUFFER}" in state:  # a quantized block: its grid comes along
+                for buffer in (SCALE_BUFFER, ZERO_BUFFER):
+                    module.register_buffer(buffer, torch.empty_like(state[f"{name}.{buffer}"]))
         original.load_state_dict(state, strict=True)
         for _, module in block_linears(original):
             setattr(module, BITS_ATTR, bits)
         return original
+
+    def checkpoint_settings(self) -> dict:
+        """What a GPTQ checkpoint of slider's blocks declares: asymmetric, no reordering,
+        slider's groups (-1: one group a row, GPTQ's per-channel)."""
+        return {"group_size": self.group_size or -1, "sym": False, "act_order": False}
+
+    @torch.no_grad()
+    def pack(self, block: nn.Module, bits: int) -> nn.Module:
+        """`block`'s merged linears as gptqmodel's packed GPTQ linears holding the same codes,
+        scales and zero points (lwq.export.gptq_checkpoint writes them); returns `block`.
+
+        The codes are found again from the merged weights, round(W / scale + zero), which
+        gives the merged codes exactly when the model's dtype holds W exactly (float32)."""
+        from lwq.quant.gptq import _gptqmodel
+
+        packed_type = _gptqmodel()[2]
+        for name, module in block_linears(block):
+            scale, zero = getattr(module, SCALE_BUFFER, None), getattr(module, ZERO_BUFFER, None)
+            if scale is None:
+                raise LwqError(
+                    f"{name} holds no slider grid (a block cached before grids were kept); "
+                    "delete results/cache/variants for this plan and calibrate it again"
+                )
+            linear = as_linear(self.name, module)
+            packed = packed_type(
+                bits=bits,
+                group_size=self.group_size or -1,
+                sym=False,
+                desc_act=False,
+                in_features=linear.in_features,
+                out_features=linear.out_features,
+                bias=linear.bias is not None,
+                pack_dtype=torch.int32,
+            )
+            groups = torch.arange(linear.in_features, dtype=torch.int32)
+            groups //= self.group_size or linear.in_features
+            plain = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+            plain.weight.data = linear.weight.detach().float().cpu()
+            if linear.bias is not None:
+                plain.bias.data = linear.bias.detach().float().cpu()
+            packed.pack(plain, scale.float().cpu(), zero.float().cpu(), groups)
+            packed.post_init()
+            block.set_submodule(name, packed.to(linear.weight.device).eval())
+        return block
 
     def for_eval(self, block: nn.Module) -> nn.Module:
         return block
