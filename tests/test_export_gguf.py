@@ -216,3 +216,59 @@ def test_quant_gguf_gives_the_weights_the_file_holds_bit_for_bit(exported):
             from_file = torch.from_numpy(dequantize(stored.data, stored.tensor_type))
             assert stored.tensor_type.name.lower() == manifest["wanted_types"][block]
             assert torch.equal(linear.weight.data, from_file.reshape(576, 1536))
+
+
+def _gguf_budget_run(*overrides: str):
+    return compose_run(
+        "model=smollm2-135m", "allocate.format=gguf", "allowed_bits=[2,4]", *overrides
+    )
+
+
+@pytest.mark.slow
+def test_the_files_bits_and_bytes_are_the_ones_lwq_plans_with(exported):
+    """allocate.format=gguf counts, from shapes alone, each block's bits per weight in the
+    file and the file's tensor bytes (fallbacks, F32 norms, the F16 embedding)."""
+    from gguf import GGUFReader
+
+    from lwq.commands.budget import achieved
+    from lwq.commands.preflight import model_config
+    from lwq.modeling.blocks import find_blocks
+    from lwq.modeling.load import meta_model
+    from lwq.quant.cost import SizeTable
+
+    manifest, out = exported
+    run = _gguf_budget_run("budget=4.5")
+    model = meta_model(model_config(run)[0])
+    sizes = SizeTable(model, find_blocks(model), run.quant.backend)
+    planned = achieved(run, sizes, tuple(manifest["plan"]))
+    assert planned["block_bits_per_weight"] == [b["bits_per_weight"] for b in manifest["blocks"]]
+    assert planned["bits_per_weight"] == manifest["block_bits_per_weight"]
+    assert planned["bytes"] == sum(int(t.n_bytes) for t in GGUFReader(str(out)).tensors)
+
+
+@pytest.mark.slow
+def test_a_budget_in_gguf_bits_exports_to_a_file_with_the_plans_bits(tmp_path):
+    """The allocator plans SmolLM2 at 4.6 bits per weight of the GGUF file (a cheap
+    sensitivity table: one 64-token sequence); the file holds exactly the plan's bits."""
+    tools()
+    if not (SMOLLM2 / "model.safetensors").is_file():
+        missing(f"{SMOLLM2} is missing; run `make smollm2`")
+    out = tmp_path / "budget.gguf"
+    run = _gguf_budget_run(
+        "command=export",
+        "budget=4.6",
+        "calib.samples=1",
+        "calib.seq_len=64",
+        f"export.out={out}",
+        "export.check=false",
+        f"paths.results={tmp_path}",
+        "tracking=none",
+    )
+    manifest = run_export(run)
+    planned = manifest["plan_source"]["planned"]
+    assert set(manifest["plan"]) == {2, 4}  # a real mixture, not one width
+    assert manifest["file_bits_equal_plan"]
+    assert manifest["block_bits_per_weight"] == planned["bits_per_weight"] <= 4.6
+    # the next block raised to 4 bits would not fit: the budget is used, not wasted
+    step = 8 * (2322432 - 1783296) / 106168320
+    assert planned["bits_per_weight"] + step > 4.6

@@ -8,6 +8,8 @@ suite (unknown tasks, missing data) before a single weight is loaded.
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +83,9 @@ class RunContext:
             extra = {}
             if entry.needs_quantizer:
                 extra = {"engine": self.engine, "logits_memory": self.logits_memory}
+            started = time.time()
             scores = entry.compute(self.model, self.blocks, calibration, **settings, **extra)
+            scores = dataclasses.replace(scores, seconds=round(time.time() - started, 2))
             store_scores(self.cache_dir, key, scores)
             return scores
 

@@ -19,6 +19,8 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 
+from lwq.commands.budget import check_budget
+from lwq.commands.budget import describe as describe_budget
 from lwq.commands.identity import run_identity
 from lwq.commands.points import Point, plan_points
 from lwq.commands.preflight import calibration_bytes, check_against_checkpoint, model_config
@@ -59,6 +61,7 @@ def run_dry(run: RunConfig) -> dict:
     blocks = find_blocks(model)
     backend = run.quant.backend
     sizes = SizeTable(model, blocks, backend)
+    check_budget(run, sizes)
     identity = run_identity(run, backend, run.eval.spec.identity())
     store = RecordStore(run.paths.results / run.model.name / "records.jsonl")
     done = store.done_keys()
@@ -68,6 +71,9 @@ def run_dry(run: RunConfig) -> dict:
     estimate["calibration"] = calibration_bytes(run, blocks, text.hidden_size)
     alike = len({sizes.block_bytes(i, b) for i in range(len(sizes)) for b in (16,)}) == 1
     _print(run, source, len(blocks), planned, estimate, alike)
+    if run.budget.wanted:
+        allocated = next((p.point for p in planned if p.point.kind == "allocated"), None)
+        print(describe_budget(run, sizes, None if allocated is None else allocated.plan.bits))
     return {"blocks": len(blocks), "source": source, "points": planned, **estimate}
 
 

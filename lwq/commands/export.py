@@ -98,6 +98,15 @@ def _export_gguf(run: RunConfig, tools: LlamaCpp, checkpoint: Path) -> dict:
     manifest = write(checkpoint, plan, out, spec.gguf, tools)
     manifest |= {"model": run.model.name, "plan_source": source}
     print(summary(manifest))
+    planned = source.get("planned")
+    if planned and planned["format"] == "gguf":
+        in_file = [b["bits_per_weight"] for b in manifest["blocks"]]
+        manifest["file_bits_equal_plan"] = in_file == planned["block_bits_per_weight"]
+        print(
+            f"planned in GGUF bits (allocate.format=gguf): {planned['bits_per_weight']:.4f} "
+            f"bits/weight, every block's bits "
+            + ("equal in the file" if manifest["file_bits_equal_plan"] else "DIFFER in the file")
+        )
     if spec.check:
         manifest["check"] = _check(run, tools, Path(out))
         check = manifest["check"]
@@ -173,7 +182,10 @@ def _plan(run: RunConfig, ctx: RunContext | None = None) -> tuple[Plan, dict]:
             budget = run.budget.avg_bits or run.budget.bytes
             key = ctx.identity.score_key("sensitivity", allocation_settings(run))
             label = f"budget{budget}" + ("-searched" if run.budget.method == "search" else "")
-            return point.plan, {"label": label, "budget": budget, "scores": key}
+            source = {"label": label, "budget": budget, "scores": key}
+            if "achieved" in point.fields:  # allocate.format: what the plan holds in the file
+                source["planned"] = point.fields["achieved"]
+            return point.plan, source
         metric = run.metric
         name = metric.name + ("-reverse" if metric.reverse else "")
         label = f"{name}-k{k}-{run.sweep.high}to{run.sweep.low}"

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from lwq.allocate import allocate, average_bits_budget
+from lwq.allocate import allocate
+from lwq.commands.budget import achieved, allocation_budget
 from lwq.commands.identity import Identity
 from lwq.commands.score_source import ScoreSource
 from lwq.config import MetricSpec, RunConfig
@@ -126,6 +127,7 @@ def ordering_points(
         "higher_is_important": scores.higher_is_important,
         "ranking": order,
         "sweep_id": sweep,
+        **({} if scores.seconds is None else {"score_seconds": scores.seconds}),
     }
     n = n_blocks
     ks = sweep_points(n, run.sweep.fractions, run.sweep.blocks) if ks is None else list(ks)
@@ -171,21 +173,15 @@ def allocated_point(
     allowed = list(run.budget.allowed_bits)
     n = len(sizes)
     costs = [{b: scores.details[f"kl@{b}"][i] for b in allowed} for i in range(n)]
-    if run.budget.bytes is not None:
-        table = [{b: sizes.block_bytes(i, b) for b in allowed} for i in range(n)]
-        budget = run.budget.bytes - sizes.fixed_bytes()
-        target = {"budget_bytes": run.budget.bytes}
-    else:
-        table = [{b: b for b in allowed} for _ in range(n)]
-        budget = average_bits_budget(run.budget.avg_bits, n)
-        target = {"budget": run.budget.avg_bits}
-    plan = allocate(costs, table, budget)
+    budget = allocation_budget(run, sizes)
+    table, target = budget.sizes, budget.target
+    plan = allocate(costs, table, budget.limit)
     i = identity
     method, extra, label = None, {}, "allocated"
     if run.budget.method == "search":
         settings = run.budget.search
         method = {"search": {k: v for k, v in asdict(settings).items() if k != "progress"}}
-        problem = Problem(tuple(table), int(budget))
+        problem = Problem(tuple(table), int(budget.limit))
         found = {"model": i.model, "quant": i.quant, "calib": i.calibration, **target}
         plan, facts = searched(problem, plan, settings, found | {"start": list(plan.bits)})
         extra, label = {"allocate_method": "search", "search": facts}, "searched"
@@ -202,6 +198,8 @@ def allocated_point(
         "allowed_bits": allowed,
         "predicted_sensitivity": sum(c[b] for c, b in zip(costs, plan.bits, strict=True)),
         "sensitivity_table": {str(b): [c[b] for c in costs] for b in allowed},
+        **({} if scores.seconds is None else {"sensitivity_seconds": scores.seconds}),
+        **({"achieved": achieved(run, sizes, plan.bits)} if run.budget.format else {}),
         **extra,
     }
     return Point("allocated", key, plan, label=label, fields=fields)

@@ -46,7 +46,7 @@ def check_inputs(run: RunConfig, *, evaluate: bool) -> None:
             "or the LWQ_DATA environment variable"
         )
     check_calibration_memory(run)
-    check_budget_bytes(run)
+    check_budget_shapes(run)
 
 
 def model_config(run: RunConfig):
@@ -85,31 +85,20 @@ def calibration_bytes(run: RunConfig, blocks, hidden: int) -> dict[str, int] | N
     )
 
 
-def check_budget_bytes(run: RunConfig) -> None:
-    """Refuse, before any weight loads, a `budget_bytes` no plan of `allowed_bits` meets,
-    with the arithmetic: bytes of the all-lowest and all-highest plans."""
-    if run.budget.bytes is None:
+def check_budget_shapes(run: RunConfig) -> None:
+    """Refuse, before any weight loads, a budget no plan of `allowed_bits` meets on this
+    model's shapes (lwq.commands.budget.check_budget: the arithmetic in the line)."""
+    if not run.budget.wanted or (run.budget.bytes is None and run.budget.format is None):
         return
     try:
         config, _ = model_config(run)
     except LwqError:
         return  # no shapes here: loading will say what is missing
+    from lwq.commands.budget import check_budget
     from lwq.quant.cost import SizeTable
 
     model = meta_model(config)
-    blocks = find_blocks(model)
-    sizes = SizeTable(model, blocks, run.quant.backend)
-    low, high = run.budget.allowed_bits[0], run.budget.allowed_bits[-1]
-    fixed = sizes.fixed_bytes()
-    lowest = fixed + sum(sizes.block_bytes(i, low) for i in range(len(blocks)))
-    highest = fixed + sum(sizes.block_bytes(i, high) for i in range(len(blocks)))
-    if not lowest <= run.budget.bytes <= highest:
-        where = "below the all-lowest" if run.budget.bytes < lowest else "above the all-highest"
-        raise LwqError(
-            f"budget_bytes={run.budget.bytes} is {where} plan: {fixed} fixed bytes + "
-            f"{len(blocks)} blocks at {low} bits = {lowest}, at {high} bits = {highest}; give "
-            f"budget_bytes in {lowest}..{highest}"
-        )
+    check_budget(run, SizeTable(model, find_blocks(model), run.quant.backend))
 
 
 def check_calibration_memory(run: RunConfig) -> None:

@@ -221,7 +221,16 @@ def _budget(plain: dict, quant: QuantSpec) -> BudgetSpec:
     if size is not None:
         size = _positive_int(size, "budget_bytes")
     method, search = _allocate(plain)
-    spec = BudgetSpec(None if avg_bits is None else float(avg_bits), size, allowed, method, search)
+    file_format, gguf = _allocate_format(plain, quant)
+    spec = BudgetSpec(
+        None if avg_bits is None else float(avg_bits),
+        size,
+        allowed,
+        method,
+        search,
+        file_format,
+        gguf,
+    )
     if spec.wanted:
         if not allowed:
             raise LwqError("allowed_bits is empty; give the allocator widths, e.g. [2, 3, 4, 8]")
@@ -229,6 +238,8 @@ def _budget(plain: dict, quant: QuantSpec) -> BudgetSpec:
             check_bits(quant.backend, bits)
         if FULL_PRECISION in allowed:
             raise LwqError("allowed_bits must not contain 16 (measured against the 16-bit model)")
+        if file_format is not None:
+            return spec  # the file's bits per weight: checked on the model's shapes (preflight)
         if spec.avg_bits is not None and not allowed[0] <= spec.avg_bits:
             raise LwqError(
                 f"budget={spec.avg_bits:g} average bits is below the all-lowest plan (every "
@@ -242,6 +253,21 @@ def _budget(plain: dict, quant: QuantSpec) -> BudgetSpec:
                 f"{list(allowed)}: {allowed[0]:g}..{allowed[-1]:g}"
             )
     return spec
+
+
+def _allocate_format(plain: dict, quant: QuantSpec) -> tuple[str | None, GgufExport | None]:
+    """`allocate.format`: the file whose bits a budget counts (None: nominal bits), and
+    for gguf the export's types it counts them with."""
+    value = (plain.get("allocate") or {}).get("format")
+    if value is None:
+        return None, None
+    value = _choice(value, ("gguf", "gptq"), "allocate.format")
+    if value == "gptq" and quant.name != "gptq":
+        raise LwqError(
+            f"allocate.format=gptq counts the GPTQ checkpoint lwq exports from quant=gptq; "
+            f"this run quantizes with quant={quant.name}: set quant=gptq or allocate.format=gguf"
+        )
+    return value, _gguf_export(plain["export"], quant) if value == "gguf" else None
 
 
 def _allocate(plain: dict) -> tuple[str, SearchSettings | None]:
@@ -280,24 +306,28 @@ def _export(node: dict, quant: QuantSpec) -> ExportSpec:
     k = node.get("k")
     if k is not None and _int(k, "export.k") < 0:
         raise LwqError(f"export.k={k}: the number of blocks at sweep.low is 0 or more")
-    types = read_types(node.get("types"), "export.types")
-    if quant.name == "gguf":  # the file holds the types the sweep measured, not export.types
-        types = quant.backend.types
     check_ctx = node.get("check_ctx")
-    gguf = GgufExport(
-        types=types,
-        embeddings=_choice(node["embeddings"], EMBEDDING_TYPES, "export.embeddings"),
-        base=_choice(node["base"], BASE_TYPES, "export.base"),
-        threads=_positive_int(node.get("threads") or os.cpu_count() or 1, "export.threads"),
-    )
     return ExportSpec(
         format=_choice(node["format"], EXPORT_FORMATS, "export.format"),
         k=None if k is None else int(k),
         out=resolve_path(node["out"]) if node.get("out") else None,
-        gguf=gguf,
+        gguf=_gguf_export(node, quant),
         check=bool(node.get("check", True)),
         check_chunks=_positive_int(node["check_chunks"], "export.check_chunks"),
         check_ctx=None if check_ctx is None else _positive_int(check_ctx, "export.check_ctx"),
+    )
+
+
+def _gguf_export(node: dict, quant: QuantSpec) -> GgufExport:
+    """The `export` node's GGUF settings: types per width, embeddings, base, threads."""
+    types = read_types(node.get("types"), "export.types")
+    if quant.name == "gguf":  # the file holds the types the sweep measured, not export.types
+        types = quant.backend.types
+    return GgufExport(
+        types=types,
+        embeddings=_choice(node["embeddings"], EMBEDDING_TYPES, "export.embeddings"),
+        base=_choice(node["base"], BASE_TYPES, "export.base"),
+        threads=_positive_int(node.get("threads") or os.cpu_count() or 1, "export.threads"),
     )
 
 

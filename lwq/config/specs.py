@@ -146,6 +146,8 @@ class BudgetSpec:
     allowed_bits: tuple[int, ...]
     method: str = "dp"  # dp | search (lwq.search, from dp's plan)
     search: SearchSettings | None = None  # method=search only
+    format: str | None = None  # None: nominal bits | gguf | gptq: the bits that file holds
+    gguf: GgufExport | None = None  # format=gguf: the export's types the file will hold
 
     @property
     def wanted(self) -> bool:

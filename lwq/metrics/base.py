@@ -20,6 +20,7 @@ class Scores:
     values: tuple[float, ...]
     higher_is_important: bool = True
     details: dict[str, tuple[float, ...]] = field(default_factory=dict, compare=False)
+    seconds: float | None = field(default=None, compare=False)  # what computing them took
 
 
 def _no_check(settings: dict) -> None:

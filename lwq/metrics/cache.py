@@ -26,7 +26,10 @@ def load_cached(cache_dir: Path, key: dict) -> Scores | None:
             raise ValueError("key mismatch")
         details = {name: tuple(map(float, v)) for name, v in data.get("details", {}).items()}
         return Scores(
-            tuple(float(v) for v in data["values"]), bool(data["higher_is_important"]), details
+            tuple(float(v) for v in data["values"]),
+            bool(data["higher_is_important"]),
+            details,
+            data.get("seconds"),  # absent from caches written before it was kept
         )
     except (ValueError, KeyError, TypeError) as err:
         raise LwqError(f"score cache {path} is corrupt ({err}); delete it to recompute") from err
@@ -41,6 +44,7 @@ def store(cache_dir: Path, key: dict, scores: Scores) -> Path:
         "values": list(scores.values),
         "higher_is_important": scores.higher_is_important,
         "details": {name: list(v) for name, v in scores.details.items()},
+        "seconds": scores.seconds,
     }
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=1))

@@ -9,6 +9,7 @@ blocks for quantized variants (which may hold packed modules) change nothing her
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,12 @@ class SizeTable:
             self.block_other.append(
                 sum(p.numel() for p in block.parameters() if id(p) not in linear_params)
             )
+        linear_weights = {id(m.weight) for ms in self._linears for m in ms}
+        # every tensor a plan leaves as it is (embeddings, norms, biases): a file format's
+        # size rule (lwq.export.gguf_sizes) counts them by shape
+        self.other_shapes = tuple(
+            tuple(p.shape) for p in model.parameters() if id(p) not in linear_weights
+        )
         self._bytes: dict[tuple[int, int], int] = {}
 
     def __len__(self) -> int:
@@ -52,8 +59,21 @@ class SizeTable:
             self._bytes[i, bits] = sum(self.backend.weight_bytes(m, bits) for m in self._linears[i])
         return self._bytes[i, bits]
 
+    def in_format(self, rule) -> SizeTable:
+        """The same shapes under another size rule (a file format's: `weight_bytes` and
+        `fixed_bytes(shapes)`, e.g. lwq.export.gguf_sizes.GgufFileSizes)."""
+        table = copy.copy(self)
+        table.backend, table._bytes = rule, {}
+        return table
+
     def fixed_bytes(self, removed: tuple[int, ...] = ()) -> int:
-        """Bytes of everything no plan changes: embeddings, head, norms (16-bit)."""
+        """Bytes of everything no plan changes: embeddings, head, norms (16-bit, or as the
+        table's file format stores them)."""
+        by_format = getattr(self.backend, "fixed_bytes", None)
+        if by_format is not None:
+            if removed:
+                raise ValueError("a file format's size rule counts no pruned blocks")
+            return by_format(self.other_shapes)
         kept = [o for i, o in enumerate(self.block_other) if i not in removed]
         return MODEL_DTYPE_BYTES * (self.outside + sum(kept))
 
