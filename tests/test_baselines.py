@@ -37,12 +37,25 @@ def test_random_with_several_seeds_gives_one_sweep_per_seed(tmp_path):
     assert len({r["sweep_id"] for r in points}) == 3
 
 
-def test_allocated_plan_is_within_budget_and_no_worse_than_two_level(tmp_path):
+def test_allocated_plan_is_within_budget_and_no_worse_than_two_level(tmp_path, capsys):
     cfg = compose_config(
-        *small_run_overrides(tmp_path), "budget=3.25", "sweep.blocks=[]", "sweep.fractions=null"
+        *small_run_overrides(tmp_path), "budget=3.25", "sweep.blocks=[5,6]", "sweep.fractions=null"
     )
     run_sweep(cfg)
     (point,) = [r for r in records(tmp_path) if r["kind"] == "allocated"]
+    # the closing table sets it beside ldi's point with the most bytes not above its own
+    fitting = [
+        r
+        for r in records(tmp_path)
+        if r["kind"] == "quantized" and r["weight_bytes"] <= point["weight_bytes"]
+    ]
+    nearest = max(fitting, key=lambda r: r["weight_bytes"])
+    printed = capsys.readouterr().out
+    assert "at each plan's bytes" in printed
+    if nearest["weight_bytes"] == point["weight_bytes"]:
+        assert "[same bytes]" in printed
+    else:
+        assert f"[{nearest['weight_bytes']} B, under]" in printed
     assert point["avg_bits"] <= 3.25 and set(point["plan"]) <= {2, 3, 4, 8}
     table = {int(b): v for b, v in point["sensitivity_table"].items()}
     # the paper's plan at <= 3.25 bits: 5 of 12 blocks at 2 bits, the rest at 4, by KL@2

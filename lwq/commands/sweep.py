@@ -16,7 +16,8 @@ from lwq.commands.points import Point, allocation_settings, plan_points
 from lwq.commands.stopping import Stopped, StopSignals
 from lwq.config import RunConfig
 from lwq.errors import PointsFailed
-from lwq.results.table import format_table
+from lwq.results.at_bytes import METHOD_KINDS, compare_at_bytes, format_at_bytes
+from lwq.results.table import format_table, metric_columns, ranked_metric
 from lwq.runtime import seed_everything
 
 
@@ -58,6 +59,11 @@ def run_sweep(run: RunConfig) -> list[dict]:
     )
     print(format_table(records))
     print(sensitivity_summary(run, ctx.identity, records))
+    methods = [r for r in records if r["kind"] in METHOD_KINDS and r.get("status", "ok") == "ok"]
+    if methods:  # beside every two-level order of the model recorded so far, at equal bytes
+        metric = ranked_metric(list(metric_columns(methods[0])))
+        if metric is not None:
+            print(format_at_bytes(compare_at_bytes(ctx.store.read(), metric), metric))
     if failed:
         raise PointsFailed(
             f"{len(failed)} of {len(points)} points failed (recorded with the reason in "

@@ -79,13 +79,18 @@ def format_table(records: list[dict]) -> str:
     )
 
 
-def _best_per_average_bits(rows: list[dict], metric_names: list[str]) -> set[int]:
-    """Indices of the best quantized rows (ties: all) at each average-bits value whose
-    rows differ; identical plans of several orderings (k = 0, k = L) get no star."""
-    ranked = next(
+def ranked_metric(metric_names: list[str]) -> str | None:
+    """The column rows are ranked by: token perplexity, else KL, byte perplexity, accuracy."""
+    return next(
         (m for key in _RANKED_BY for m in metric_names if m == key or m.endswith(f":{key}")),
         None,
     )
+
+
+def _best_per_average_bits(rows: list[dict], metric_names: list[str]) -> set[int]:
+    """Indices of the best quantized rows (ties: all) at each average-bits value whose
+    rows differ; identical plans of several orderings (k = 0, k = L) get no star."""
+    ranked = ranked_metric(metric_names)
     if ranked is None:
         return set()
     sign = -1.0 if ranked.startswith("average:") else 1.0  # accuracy: higher is better
