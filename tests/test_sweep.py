@@ -84,7 +84,7 @@ PLAN_FIELDS = {
 }  # fmt: skip
 ORDERING_FIELDS = {
     "metric", "metric_canonical", "metric_settings", "reverse", "baseline", "scores",
-    "higher_is_important", "ranking", "sweep_id", "low_blocks",
+    "higher_is_important", "ranking", "sweep_id", "low_blocks", "score_seconds",
 }  # fmt: skip
 
 

@@ -72,12 +72,15 @@ def evaluate_points(
                 elsewhere = []
                 for n, point in enumerate(todo):
                     bar.set_postfix_str(point.label)
-                    # the point, and its plan (which another ordering's point may share)
-                    held = _claim(claims, [point.key, point.plan_key(ctx.identity)])
-                    if not held:
-                        elsewhere.append(point)  # another process is evaluating it
-                        continue
+                    held: list[str] = []
                     try:
+                        # the point, and its plan (which another ordering's point may
+                        # share); taken and given back whole, a stop signal waits meanwhile
+                        with stop.critical():
+                            held = _claim(claims, [point.key, point.plan_key(ctx.identity)])
+                        if not held:
+                            elsewhere.append(point)  # another process is evaluating it
+                            continue
                         if point.key not in ctx.store.done_keys():  # recorded meanwhile?
                             around = reuse.context(point, todo[n + 1 :])
                             record = _evaluate(
@@ -92,8 +95,9 @@ def evaluate_points(
                             )
                             _keep(ctx, record, written, failed)
                     finally:
-                        for key in held:
-                            claims.release(key)
+                        with stop.critical():
+                            for key in held:
+                                claims.release(key)
                     bar.update()
                 todo = _still_open(ctx, elsewhere, claims)
     finally:
