@@ -60,3 +60,17 @@ def test_the_sizes_are_the_bytes_a_real_run_records(tmp_path, quant):
 def test_only_a_sweep_can_be_dry_run(tmp_path):
     with pytest.raises(LwqError, match="dry_run=true plans a sweep"):
         run(compose_config(f"paths.results={tmp_path}", "dry_run=true", "command=compare"))
+
+
+def test_the_dry_run_states_a_file_budget_and_refuses_one_out_of_reach(tmp_path, capsys):
+    """ref-tiny's 128-wide rows make llama.cpp store q2_k as q4_0: 4.5..5.5 GGUF bits per
+    weight with [2, 4]. A budget inside is stated in the file's bytes; outside, refused."""
+    common = (f"model.path={REF_MODEL}", f"paths.results={tmp_path}", "dry_run=true")
+    gguf = ("allocate.format=gguf", "allowed_bits=[2,4]")
+    run(compose_config(*common, *gguf, "budget=5"))
+    weights = 2359296  # the 12 blocks' linear weights, as the refusal line counts them
+    assert f"budget: 5 bits per weight in the gguf file = {5 * weights // 8} bytes" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(LwqError, match=r"4\.5000\.\.5\.5000"):
+        run(compose_config(*common, *gguf, "budget=4"))
