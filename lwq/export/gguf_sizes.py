@@ -16,10 +16,12 @@ every 1-D tensor (norms, biases) at F32.
 
 from __future__ import annotations
 
+import math
+
 from lwq.errors import LwqError
 from lwq.modeling.blocks import input_dim
 from lwq.quant.base import FULL_PRECISION
-from lwq.quant.gguf_types import block_shape
+from lwq.quant.gguf_types import block_shape, tensor_bytes
 
 # llama.cpp's fallback type when rows are not a multiple of the wanted type's block
 FALLBACK = {
@@ -46,11 +48,6 @@ def stored_type(wanted: str, width: int) -> str:
     else:
         raise LwqError(f"llama.cpp has no fallback for {wanted} on {width}-wide rows")
     return fallback if width % block_shape(fallback)[0] == 0 else "f16"
-
-
-def tensor_bytes(type_name: str, rows: int, width: int) -> int:
-    block, size = block_shape(type_name)
-    return rows * (width // block) * size
 
 
 class GgufFileSizes:
@@ -82,12 +79,5 @@ class GgufFileSizes:
             if len(shape) == 2:
                 total += tensor_bytes(stored_type(self.embeddings, shape[1]), shape[0], shape[1])
             else:
-                total += F32_BYTES * _numel(shape)
+                total += F32_BYTES * math.prod(shape)
         return total
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

@@ -69,6 +69,12 @@ def block_shape(name: str) -> tuple[int, int]:
     return GGML_QUANT_SIZES[ggml_type(name)]
 
 
+def tensor_bytes(name: str, rows: int, width: int) -> int:
+    """Bytes of a (rows, width) tensor at llama.cpp type `name` (rows of whole blocks)."""
+    block, size = block_shape(name)
+    return rows * (width // block) * size
+
+
 @cache
 def _ggml() -> ctypes.CDLL:
     from lwq.llama_cpp import locate
@@ -163,10 +169,8 @@ class GgufTypes:
 
     @staticmethod
     def _bytes(module: torch.nn.Module, name: str) -> int:
-        block, size = block_shape(name)
         width = module.weight.shape[input_dim(module)]
-        rows = module.weight.numel() // width
-        return rows * (width // block) * size + bias_bytes(module)
+        return tensor_bytes(name, module.weight.numel() // width, width) + bias_bytes(module)
 
     @staticmethod
     def _check_width(module: torch.nn.Module, name: str, bits: int) -> None:
