@@ -47,7 +47,12 @@ SWEEP = [
 ]
 POINTS = 14  # the reference and k = 0..12
 KILL_WITHIN = 0.06  # seconds after a claim; a point takes ~0.04 s with eval=dummy
-VOLATILE = ("time", "seconds", "quantize_seconds", "eval_memory", "quantize_memory", "checksum")
+VOLATILE = ("time", "checksum")
+
+
+def _volatile(key: str) -> bool:
+    """Times and memory differ between runs: every `*seconds` and `*_memory` field."""
+    return key in VOLATILE or key.endswith("seconds") or key.endswith("_memory")
 FORKS = multiprocessing.get_context("forkserver")
 FORKS.set_forkserver_preload(["lwq.commands", "run"])  # what `python run.py` imports
 
@@ -107,7 +112,7 @@ def _store(results: Path) -> RecordStore:
 
 def _comparable(record: dict) -> dict:
     """A record without what legitimately differs between runs: times, memory, paths."""
-    out = {k: v for k, v in record.items() if k not in VOLATILE}
+    out = {k: v for k, v in record.items() if not _volatile(k)}
     out["config"] = {k: v for k, v in record["config"].items() if k != "paths"}
     return out
 
