@@ -261,3 +261,34 @@ def test_true_sequential_changes_the_later_groups_only(model_and_ids):
     for name in built[True]:
         same = torch.equal(built[True][name], built[False][name])
         assert same == name.endswith(("q_proj", "k_proj", "v_proj")), name
+
+
+def test_a_mixed_block_packs_each_linear_at_its_width_on_full_precision_inputs(model_and_ids):
+    """Block 2 with q, k, v at 2 bits, o left as loaded and the MLP at 4: each quantized
+    linear is packed at its own width, calibrated on the inputs the full-precision model
+    feeds block 2 (a cursor walks there through the originals), and o is untouched."""
+    model, blocks, ids = model_and_ids
+    n = len(blocks)
+    widths = (2, 2, 2, FULL_PRECISION, 4, 4, 4)
+    plan = Plan(tuple(widths if i == 2 else FULL_PRECISION for i in range(n)))
+    applier = PlanApplier(blocks, _engine(_gptq(eval_dequantized=False), model, blocks, ids))
+    original_o = blocks[2].self_attn.o_proj.weight.detach().clone()
+    try:
+        applier.apply(plan)
+        block = blocks[2]
+        got = {
+            name.rsplit(".", 1)[-1]: getattr(m, "bits", None)
+            for name, m in block.named_modules()
+            if name.endswith("_proj")
+        }
+        assert got == {"q_proj": 2, "k_proj": 2, "v_proj": 2, "o_proj": None,
+                       "gate_proj": 4, "up_proj": 4, "down_proj": 4}  # fmt: skip
+        assert torch.equal(block.self_attn.o_proj.weight, original_o)
+        built = copy.deepcopy(block)
+    finally:
+        applier.restore()
+    inputs = BlockInputs.capture(model, blocks, ids)
+    for j in range(2):
+        inputs.advance(blocks[j])
+    by_hand = _gptq(eval_dequantized=False).quantize(copy.deepcopy(blocks[2]), widths, inputs)
+    assert _same(built, by_hand)

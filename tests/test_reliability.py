@@ -53,6 +53,8 @@ VOLATILE = ("time", "checksum")
 def _volatile(key: str) -> bool:
     """Times and memory differ between runs: every `*seconds` and `*_memory` field."""
     return key in VOLATILE or key.endswith("seconds") or key.endswith("_memory")
+
+
 FORKS = multiprocessing.get_context("forkserver")
 FORKS.set_forkserver_preload(["lwq.commands", "run"])  # what `python run.py` imports
 

@@ -21,15 +21,39 @@ from lwq.errors import LwqError
 from lwq.export.gguf_sizes import GgufFileSizes
 from lwq.plan import Plan
 from lwq.quant.cost import SizeTable
+from lwq.units import Unit, check_ties, make_units, plan_of, short
 
 
 @dataclass(frozen=True)
 class Budget:
-    """The allocator's problem: per-block size at each width, and the size allowed."""
+    """The allocator's problem: per-unit size at each width, and the size allowed."""
 
-    sizes: list[dict[int, int]]  # block -> {bits: size}
+    sizes: list[dict[int, int]]  # unit -> {bits: size}
     limit: int
     target: dict  # what was asked, as it enters the plan's cache key
+    units: list[Unit]  # what each entry of `sizes` covers (lwq.units)
+
+    def plan(self, unit_bits) -> Plan:
+        """The model's plan giving each unit its width."""
+        return plan_of(self.units, tuple(unit_bits), self.n_linears)
+
+    @property
+    def n_linears(self) -> list[int]:
+        blocks = max(u.block for u in self.units) + 1
+        return [sum(len(u.linears) for u in self.units if u.block == i) for i in range(blocks)]
+
+
+def budget_units(run: RunConfig, sizes: SizeTable) -> list[Unit]:
+    """The units `allocate.unit` names on this model; ties written in the config must name
+    its linears, the automatic ones apply where they do."""
+    names = sizes.linear_names
+    ties = run.budget.ties
+    if run.budget.ties_given:
+        check_ties(names[0], ties)
+    else:
+        present = {short(n) for n in names[0]}
+        ties = tuple(t for t in ties if len(present & set(t)) >= 2)
+    return make_units(names, run.budget.unit, ties)
 
 
 def budget_table(run: RunConfig, sizes: SizeTable) -> SizeTable:
@@ -45,29 +69,48 @@ def allocation_budget(run: RunConfig, sizes: SizeTable) -> Budget:
     allowed = run.budget.allowed_bits
     n = len(sizes)
     file_format = run.budget.format
+    units = budget_units(run, sizes)
+    by_blocks = run.budget.unit == "block"
+
+    def unit_bytes(table: SizeTable) -> list[dict[int, int]]:
+        return [
+            {b: sum(table.linear_bytes(u.block, j, b) for j in u.linears) for b in allowed}
+            for u in units
+        ]
+
     if run.budget.bytes is not None:
         table = budget_table(run, sizes)
-        per_block = [{b: table.block_bytes(i, b) for b in allowed} for i in range(n)]
+        per_unit = unit_bytes(table)
         target = {"budget_bytes": run.budget.bytes}
         limit = run.budget.bytes - table.fixed_bytes()
-    elif file_format is None:
-        per_block = [{b: b for b in allowed} for _ in range(n)]
+    elif file_format is None and by_blocks:
+        per_unit = [{b: b for b in allowed} for _ in range(n)]
         target = {"budget": run.budget.avg_bits}
         limit = average_bits_budget(run.budget.avg_bits, n)  # block-bits
+    elif file_format is None:  # nominal bits weighted by each unit's weights
+        weights = [sum(sizes.linear_weights[u.block][j] for j in u.linears) for u in units]
+        per_unit = [{b: b * w for b in allowed} for w in weights]
+        target = {"budget": run.budget.avg_bits}
+        limit = math.floor(run.budget.avg_bits * sum(weights) + 1e-9)
     else:
         table = budget_table(run, sizes)
-        per_block = [{b: table.block_bytes(i, b) for b in allowed} for i in range(n)]
+        per_unit = unit_bytes(table)
         target = {"budget": run.budget.avg_bits}
         limit = math.floor(run.budget.avg_bits * sum(table.weights) / 8 + 1e-9)
+    if not by_blocks:
+        target["unit"] = run.budget.unit
+        ties = sorted({u.name.split(".", 1)[1] for u in units if "+" in u.name})
+        if ties:
+            target["ties"] = ties
     if file_format is not None:
         target["format"] = file_format
     if file_format == "gguf":  # the types decide the sizes, hence the plan
         target["types"] = {str(b): run.budget.gguf.types[b] for b in allowed}
         target["embeddings"] = run.budget.gguf.embeddings
-    return Budget(per_block, limit, target)
+    return Budget(per_unit, limit, target, units)
 
 
-def achieved(run: RunConfig, sizes: SizeTable, bits: tuple[int, ...]) -> dict:
+def achieved(run: RunConfig, sizes: SizeTable, bits: tuple) -> dict:
     """What the plan holds in the file the budget counts: bits per weight of the blocks,
     per block, and the file's tensor bytes. Without a format the record's own `avg_bits`
     and `weight_bytes` are what the budget counted: {}."""
@@ -131,7 +174,7 @@ def _blocks(per_block: list[int]) -> str:
     return f"{len(per_block)} blocks of {min(per_block)}..{max(per_block)} bytes"
 
 
-def describe(run: RunConfig, sizes: SizeTable, bits: tuple[int, ...] | None) -> str:
+def describe(run: RunConfig, sizes: SizeTable, bits: tuple | None) -> str:
     """The dry run's budget line: the target in its units and, once the allocator's plan is
     known (`bits`), what that plan achieves in the same units."""
     budget = allocation_budget(run, sizes)
@@ -141,10 +184,15 @@ def describe(run: RunConfig, sizes: SizeTable, bits: tuple[int, ...] | None) -> 
             f"budget: {run.budget.bytes} bytes{where} = {run.budget.bytes - budget.limit} "
             f"fixed + {budget.limit} for the blocks' linears"
         )
-    elif run.budget.format is None:
+    elif run.budget.format is None and run.budget.unit == "block":
         target = (
             f"budget: {run.budget.avg_bits:g} nominal bits (the mean of the blocks' widths) = "
             f"{budget.limit} block-bits over {len(sizes)} blocks"
+        )
+    elif run.budget.format is None:
+        target = (
+            f"budget: {run.budget.avg_bits:g} nominal bits per weight = {budget.limit} "
+            f"bit-weights over {len(budget.units)} {run.budget.unit} units"
         )
     else:
         target = (

@@ -31,6 +31,7 @@ from lwq.metrics.cache import store as store_scores
 from lwq.modeling.blocks import find_blocks
 from lwq.modeling.capture import BlockInputs
 from lwq.modeling.load import load_model
+from lwq.plan import Plan
 from lwq.provenance import git_state, library_versions
 from lwq.quant import Backend
 from lwq.quant.cost import SizeTable
@@ -104,8 +105,8 @@ class RunContext:
     def search_source(self):
         """`allocate.method=search`'s plan finder on this model (cached on disk)."""
 
-        def searched(problem, start, settings, key):
-            return searched_plan(self, problem, start, settings, key)
+        def searched(problem, start, settings, key, to_plan=Plan):
+            return searched_plan(self, problem, start, settings, key, to_plan)
 
         return searched
 

@@ -46,6 +46,7 @@ class PlannedPoint:
     point: Point
     weight_bytes: int
     bits_per_weight: float | None
+    avg_bits: float  # nominal (a mixed block counts its weight-weighted mean width)
     recorded: bool
     ranked: bool  # False: the ordering's scores are not cached; blocks in index order
 
@@ -80,7 +81,9 @@ def run_dry(run: RunConfig) -> dict:
 def _sized(point: Point, sizes: SizeTable, done: set[str]) -> PlannedPoint:
     cost = sizes.cost(point.plan, point.removed)
     bits = None if point.kind == "reference" else cost.bits_per_weight
-    return PlannedPoint(point, cost.weight_bytes, bits, point.key in done, point.ranked)
+    return PlannedPoint(
+        point, cost.weight_bytes, bits, cost.avg_bits, point.key in done, point.ranked
+    )
 
 
 def _estimates(run, config, sizes: SizeTable, store, planned) -> dict:
@@ -130,7 +133,7 @@ def _print(run, source, n_blocks, planned, estimate, alike: bool) -> None:
             (
                 point.label,
                 "-" if point.k is None else str(point.k),
-                f"{sum(point.plan.bits) / len(point.plan.bits):.3f}",
+                f"{p.avg_bits:.3f}",
                 "-" if p.bits_per_weight is None else f"{p.bits_per_weight:.3f}",
                 _size(p.weight_bytes),
                 "yes" if p.recorded else "no",
@@ -227,8 +230,11 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / GB:.3f} GB" if n_bytes >= GB else f"{n_bytes / 1e6:.3f} MB"
 
 
-def _bit(bits: int) -> str:
-    """One character per block: its bits in hex (16 = '-', left as loaded)."""
+def _bit(bits) -> str:
+    """One character per block: its bits in hex (16 = '-', left as loaded; 'm' = linears
+    at mixed widths)."""
+    if isinstance(bits, tuple):
+        return "m"
     return "-" if bits == 16 else format(bits, "x")
 
 

@@ -32,6 +32,7 @@ from lwq.modeling.prune import blocks_removed
 from lwq.results.record import build_record, failed_record
 from lwq.results.tracking import tracked_values
 from lwq.runtime import freed_after, peak_memory
+from lwq.units import Unit, make_units
 
 WAIT_SECONDS = 5.0  # between looks at points other processes are evaluating
 # Run-time failures of one point; anything else (bad input, a bug in lwq) stops the run.
@@ -50,10 +51,12 @@ def evaluate_points(
     high: int,
     low: int,
     sensitivity_key: dict | None = None,
+    units: list[Unit] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """(records written, failures recorded) for every point not yet in the records; with
     the run's sensitivity table cached under `sensitivity_key`, each plan's record also gets
-    its predicted and realized calibration KL (lwq.commands.damage)."""
+    its predicted and realized calibration KL (lwq.commands.damage); `units` are the rows of
+    that table (default: the blocks)."""
     done = ctx.store.done_keys()
     todo = [p for p in points if p.key not in done]
     if len(todo) < len(points):
@@ -63,7 +66,8 @@ def evaluate_points(
     failed: list[dict] = []
     if todo and ctx.kl_cache is not None:  # before any plan is installed: the model as loaded
         ctx.suite.prepare_reference(ctx.model, ctx.tokenizer, ctx.kl_cache)
-    damage = damage_meter(ctx, sensitivity_key) if todo and sensitivity_key else None
+    units = units or make_units(ctx.sizes.linear_names, "block")
+    damage = damage_meter(ctx, sensitivity_key, units) if todo and sensitivity_key else None
     applier = ctx.applier()
     bar = tqdm(total=len(todo), desc=f"sweep {ctx.shared['model']}", unit="point")
     try:

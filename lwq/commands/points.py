@@ -23,6 +23,7 @@ from lwq.commands.budget import achieved, allocation_budget
 from lwq.commands.identity import Identity
 from lwq.commands.score_source import ScoreSource
 from lwq.config import MetricSpec, RunConfig
+from lwq.errors import LwqError
 from lwq.metrics import Scores, ranking
 from lwq.plan import Plan, sweep_points, two_level_plan
 from lwq.quant.base import FULL_PRECISION
@@ -48,7 +49,7 @@ class Point:
             model=identity.model,
             evaluation=identity.evaluation,
             quant=identity.quant,
-            plan=list(self.plan.bits),
+            plan=self.plan.as_list(),
             removed=list(self.removed),
         )
 
@@ -153,11 +154,16 @@ def ordering_points(
 def allocation_settings(run: RunConfig) -> dict:
     """The sensitivity measurement the allocator needs: KL at every allowed width."""
     allowed = list(run.budget.allowed_bits)
-    return {
+    settings = {
         "bits": allowed[0],
         "table_bits": allowed,
         "batch_size": run.metric.settings.get("batch_size", 8),
     }
+    if run.budget.unit != "block":  # left out for blocks: keys made before units stay valid
+        settings["unit"] = run.budget.unit
+    if run.budget.ties:
+        settings["ties"] = [list(t) for t in run.budget.ties]
+    return settings
 
 
 def allocated_point(
@@ -171,11 +177,15 @@ def allocated_point(
     """The plan minimising summed measured sensitivity under `budget` or `budget_bytes`,
     or (`allocate.method=search`) the search's plan started from it."""
     allowed = list(run.budget.allowed_bits)
-    n = len(sizes)
-    costs = [{b: scores.details[f"kl@{b}"][i] for b in allowed} for i in range(n)]
     budget = allocation_budget(run, sizes)
-    table, target = budget.sizes, budget.target
-    plan = allocate(costs, table, budget.limit)
+    table, target, units = budget.sizes, budget.target, budget.units
+    if len(scores.details[f"kl@{allowed[0]}"]) != len(units):
+        raise LwqError(
+            f"the sensitivity table has {len(scores.details[f'kl@{allowed[0]}'])} rows for "
+            f"{len(units)} {run.budget.unit} units; its cache key should have told them apart"
+        )
+    costs = [{b: scores.details[f"kl@{b}"][u] for b in allowed} for u in range(len(units))]
+    chosen = allocate(costs, table, budget.limit)  # one width per unit
     i = identity
     method, extra, label = None, {}, "allocated"
     if run.budget.method == "search":
@@ -183,8 +193,16 @@ def allocated_point(
         method = {"search": {k: v for k, v in asdict(settings).items() if k != "progress"}}
         problem = Problem(tuple(table), int(budget.limit))
         found = {"model": i.model, "quant": i.quant, "calib": i.calibration, **target}
-        plan, facts = searched(problem, plan, settings, found | {"start": list(plan.bits)})
+        start = {"start": list(chosen.bits)}
+        chosen, facts = searched(problem, chosen, settings, found | start, budget.plan)
         extra, label = {"allocate_method": "search", "search": facts}, "searched"
+    plan = budget.plan(chosen.bits)
+    if run.budget.unit != "block":
+        extra |= {
+            "unit_names": [u.name for u in units],
+            "unit_plan": list(chosen.bits),
+            "linear_names": [list(n) for n in sizes.linear_names],
+        }
     key = keys.allocated_key(
         model=i.model,
         evaluation=i.evaluation,
@@ -196,7 +214,7 @@ def allocated_point(
     )
     fields = target | {
         "allowed_bits": allowed,
-        "predicted_sensitivity": sum(c[b] for c, b in zip(costs, plan.bits, strict=True)),
+        "predicted_sensitivity": sum(c[b] for c, b in zip(costs, chosen.bits, strict=True)),
         "sensitivity_table": {str(b): [c[b] for c in costs] for b in allowed},
         **({} if scores.seconds is None else {"sensitivity_seconds": scores.seconds}),
         **({"achieved": achieved(run, sizes, plan.bits)} if run.budget.format else {}),
@@ -209,7 +227,7 @@ def manual_point(identity: Identity, plan: Plan) -> Point:
     """A plan file applied exactly as written (its length was checked against the model)."""
     i = identity
     key = keys.manual_key(
-        model=i.model, evaluation=i.evaluation, plan=list(plan.bits), quant=i.quant
+        model=i.model, evaluation=i.evaluation, plan=plan.as_list(), quant=i.quant
     )
     return Point("manual", key, plan, label="manual")
 

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,10 +34,12 @@ ALL_BLOCKS = 10**9  # keep_at: every boundary (LRU under the reuse memory)
 
 
 class PlanFitness:
-    """fitness(plan, stage): mean KL of the installed plan on the stage's tokens."""
+    """fitness(plan, stage): mean KL of the installed plan on the stage's tokens. The
+    search's plans give each unit a width; `to_plan` makes the model's plan of them."""
 
-    def __init__(self, ctx, settings: SearchSettings) -> None:
+    def __init__(self, ctx, settings: SearchSettings, to_plan: Callable = Plan) -> None:
         self.ctx = ctx
+        self.to_plan = to_plan
         self.applier = ctx.applier()
         calibration = ctx.calibration()
         seq_len = calibration.shape[1]
@@ -52,9 +55,9 @@ class PlanFitness:
 
     @torch.no_grad()
     def __call__(self, bits: tuple[int, ...], stage: int) -> float:
-        plan = Plan(tuple(bits))
+        plan = self.to_plan(tuple(bits))
         self.applier.apply(plan)
-        keep_at = set(range(1, len(bits)))
+        keep_at = set(range(1, len(plan.bits)))
         with self.cache.reusing(self.ctx.blocks, self.ctx.engine.keys(plan), keep_at):
             kl, _ = self.references[stage].measure()
         self.calls += 1
@@ -64,8 +67,11 @@ class PlanFitness:
         self.applier.restore()
 
 
-def searched_plan(ctx, problem: Problem, start: Plan, settings: SearchSettings, key: dict):
-    """(plan, facts for the record) of the search, cached by `key` (see the module)."""
+def searched_plan(
+    ctx, problem: Problem, start: Plan, settings: SearchSettings, key: dict, to_plan=Plan
+):
+    """(unit plan, facts for the record) of the search, cached by `key` (see the module);
+    `to_plan` turns a unit plan into the model's (lwq.units; blocks: itself)."""
     name = "search-" + digest({**key, "version": SEARCH_VERSION})
     folder = Path(ctx.cache_dir) / "search"
     result_file = folder / f"{name}.json"
@@ -75,7 +81,7 @@ def searched_plan(ctx, problem: Problem, start: Plan, settings: SearchSettings, 
 
     def compute():
         started = time.time()
-        fitness = PlanFitness(ctx, settings)
+        fitness = PlanFitness(ctx, settings, to_plan)
         try:
             result = search(
                 problem, fitness, settings, start=start.bits, checkpoint=folder / f"{name}.ckpt"

@@ -9,6 +9,7 @@ the records, or being evaluated by another process, are not evaluated again.
 
 from __future__ import annotations
 
+from lwq.commands.budget import budget_units
 from lwq.commands.compare import sensitivity_summary
 from lwq.commands.context import open_context
 from lwq.commands.evaluate import evaluate_points
@@ -44,6 +45,7 @@ def run_sweep(run: RunConfig) -> list[dict]:
                 high=run.sweep.high,
                 low=run.sweep.low,
                 sensitivity_key=ctx.identity.score_key("sensitivity", allocation_settings(run)),
+                units=budget_units(run, ctx.sizes),
             )
         except Stopped as stopped:
             if points:

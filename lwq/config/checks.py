@@ -50,6 +50,7 @@ from lwq.quant.base import FULL_PRECISION
 from lwq.quant.gguf_types import read_types
 from lwq.runtime import pick_device, resolve_path
 from lwq.search import SearchSettings
+from lwq.units import FUSED, KINDS
 
 # metric name -> its conf/metric/<name>.yaml node resolved against this run
 MetricDefaults = Callable[[str], dict]
@@ -222,6 +223,7 @@ def _budget(plain: dict, quant: QuantSpec) -> BudgetSpec:
         size = _positive_int(size, "budget_bytes")
     method, search = _allocate(plain)
     file_format, gguf = _allocate_format(plain, quant)
+    unit, ties, ties_given = _allocate_unit(plain, file_format, quant)
     spec = BudgetSpec(
         None if avg_bits is None else float(avg_bits),
         size,
@@ -230,6 +232,9 @@ def _budget(plain: dict, quant: QuantSpec) -> BudgetSpec:
         search,
         file_format,
         gguf,
+        unit,
+        ties,
+        ties_given,
     )
     if spec.wanted:
         if not allowed:
@@ -270,6 +275,33 @@ def _allocate_format(plain: dict, quant: QuantSpec) -> tuple[str | None, GgufExp
     return value, _gguf_export(plain["export"], quant) if value == "gguf" else None
 
 
+def _allocate_unit(
+    plain: dict, file_format: str | None, quant: QuantSpec
+) -> tuple[str, tuple[tuple[str, ...], ...], bool]:
+    """`allocate.unit`; for `linear` the ties (`auto`: the layers engines fuse when the
+    budget counts a GPTQ file, none otherwise) and whether the config named them."""
+    node = plain.get("allocate") or {}
+    unit = _choice(node.get("unit", "block"), KINDS, "allocate.unit")
+    if unit != "block" and not isinstance(quant.backend.unit, str):
+        raise LwqError(
+            f"allocate.unit={unit} gives a block's linears different widths; quant="
+            f"{quant.name} calibrates whole blocks together: use allocate.unit=block"
+        )
+    ties = node.get("ties", "auto")
+    if unit != "linear":
+        return unit, (), False
+    if ties == "auto":
+        return unit, FUSED if file_format == "gptq" else (), False
+    if ties in (None, "none"):
+        return unit, (), True
+    if not isinstance(ties, list | tuple) or not all(isinstance(t, list | tuple) for t in ties):
+        raise LwqError(
+            f"allocate.ties must be auto, none or a list of name groups such as "
+            f"[[q_proj,k_proj,v_proj],[gate_proj,up_proj]]; got {ties!r}"
+        )
+    return unit, tuple(tuple(str(n) for n in tie) for tie in ties), True
+
+
 def _allocate(plain: dict) -> tuple[str, SearchSettings | None]:
     """`allocate.method` and, for `search`, its settings (checked by SearchSettings)."""
     node = plain.get("allocate") or {}
@@ -297,7 +329,7 @@ def _plan_file(value, quant: QuantSpec) -> tuple[Path | None, Plan | None]:
         return None, None
     path = resolve_path(value)
     plan = read_plan_file(path)
-    for bits in sorted(set(plan.bits)):
+    for bits in sorted(plan.all_widths()):
         check_bits(quant.backend, bits)
     return path, plan
 

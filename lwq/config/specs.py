@@ -148,6 +148,9 @@ class BudgetSpec:
     search: SearchSettings | None = None  # method=search only
     format: str | None = None  # None: nominal bits | gguf | gptq: the bits that file holds
     gguf: GgufExport | None = None  # format=gguf: the export's types the file will hold
+    unit: str = "block"  # block | sublayer | linear (lwq.units)
+    ties: tuple[tuple[str, ...], ...] = ()  # unit=linear: short names sharing one width
+    ties_given: bool = False  # written in the config (checked against the model) or auto
 
     @property
     def wanted(self) -> bool:

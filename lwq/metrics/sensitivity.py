@@ -33,12 +33,13 @@ from torch.nn import functional as F
 from lwq.errors import LwqError
 from lwq.evaluation.logits import OutputHead, chunks, rows_per_chunk
 from lwq.metrics.base import METRICS, Metric, Scores
+from lwq.modeling.blocks import block_linears
 from lwq.modeling.capture import BlockInputs, starting_at
-from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION
 from lwq.quant.engine import Engine
 from lwq.quant.install import PlanApplier
 from lwq.runtime import freed_after
+from lwq.units import KINDS, alone, make_units
 
 
 @torch.no_grad()
@@ -165,15 +166,22 @@ def sensitivity_scores(
     table_bits: list[int] | None = None,
     batch_size: int = 8,
     logits_memory: float | None = 0.25,
+    unit: str = "block",
+    ties: list[list[str]] | None = None,
 ) -> Scores:
     """KL at `bits` per block (higher = more important); `details` has `kl@b` and `ppl@b`
     for every b in `table_bits` (and `bits`), plus the full-precision `ppl@16`.
 
     `engine` builds the quantized blocks (the run's backend); the model is left as given.
     `logits_memory` (GB) bounds the log-probabilities held at once; None = whole logits.
+    `unit` (lwq.units: sublayer, linear with `ties`) measures each unit of every block
+    alone instead, in block order: then the values are per unit.
     """
     check_sensitivity({"bits": bits, "table_bits": table_bits})
     widths = sorted({bits, *(table_bits or [])})
+    names = [[name for name, _ in block_linears(block)] for block in blocks]
+    units = make_units(names, unit, [tuple(t) for t in ties or ()])
+    n_linears = [len(n) for n in names]
     if logits_memory is None:
         reference = _WholeReference(model, calibration, batch_size)
     else:
@@ -183,24 +191,26 @@ def sensitivity_scores(
     applier = PlanApplier(blocks, engine)
     try:
         for i in range(len(blocks)):
-            for b in widths:
-                applier.apply(
-                    Plan(tuple(b if j == i else FULL_PRECISION for j in range(len(blocks))))
-                )
-                with starting_at(blocks, entering):
-                    kl, nll = reference.measure()
-                details[f"kl@{b}"].append(kl)
-                details[f"ppl@{b}"].append(math.exp(nll))
+            for u in (u for u, one in enumerate(units) if one.block == i):
+                for b in widths:
+                    applier.apply(alone(units, u, b, n_linears))
+                    with starting_at(blocks, entering):
+                        kl, nll = reference.measure()
+                    details[f"kl@{b}"].append(kl)
+                    details[f"ppl@{b}"].append(math.exp(nll))
             if i + 1 < len(blocks):
                 applier.restore()  # block i back as loaded, on the model's device
                 entering.advance(blocks[i])
     finally:
         applier.restore()
-    details["ppl@16"] = [math.exp(reference.nll)] * len(blocks)
+    details["ppl@16"] = [math.exp(reference.nll)] * len(units)
     return Scores(tuple(details[f"kl@{bits}"]), True, {k: tuple(v) for k, v in details.items()})
 
 
 def check_sensitivity(settings: dict) -> None:
+    unit = settings.get("unit", "block")
+    if unit not in KINDS:
+        raise LwqError(f"metric.settings.unit must be one of {', '.join(KINDS)}, got {unit!r}")
     if FULL_PRECISION in {settings.get("bits"), *(settings.get("table_bits") or [])}:
         raise LwqError(
             "metric.settings bits and table_bits must not contain 16 (that is the reference)"

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import torch
 
 from lwq.modeling.blocks import block_linears
-from lwq.plan import Plan
+from lwq.plan import Plan, Widths, entry_widths
 from lwq.quant.base import MODEL_DTYPE_BYTES, Backend
 
 
 @dataclass(frozen=True)
 class Cost:
-    avg_bits: float  # nominal, the paper's number: mean of the per-block bits
+    avg_bits: float  # nominal, the paper's number: mean of the per-block bits (a mixed
+    # block counts its weight-weighted mean width)
     bits_per_weight: float  # 8 * bytes of the blocks' linears (scales, zeros, bias) / weights
     weight_bytes: int  # the whole model's weights as stored
     block_bytes: tuple[int, ...]  # the linears of each block
@@ -34,8 +35,11 @@ class SizeTable:
         in_blocks = {id(p) for block in blocks for p in block.parameters()}
         self.backend = backend
         self.outside = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks)
-        self._linears = [[m for _, m in block_linears(block)] for block in blocks]
-        self.weights = [sum(m.weight.numel() for m in ms) for ms in self._linears]
+        named = [block_linears(block) for block in blocks]
+        self._linears = [[m for _, m in pairs] for pairs in named]
+        self.linear_names = [tuple(name for name, _ in pairs) for pairs in named]
+        self.linear_weights = [tuple(m.weight.numel() for m in ms) for ms in self._linears]
+        self.weights = [sum(ws) for ws in self.linear_weights]
         self.block_other = []  # parameters of each block outside its linears (norms)
         for block, linears in zip(blocks, self._linears, strict=True):
             linear_params = {id(p) for m in linears for p in m.parameters(recurse=False)}
@@ -48,16 +52,28 @@ class SizeTable:
         self.other_shapes = tuple(
             tuple(p.shape) for p in model.parameters() if id(p) not in linear_weights
         )
-        self._bytes: dict[tuple[int, int], int] = {}
+        self._bytes: dict[tuple[int, int, int], int] = {}
 
     def __len__(self) -> int:
         return len(self._linears)
 
-    def block_bytes(self, i: int, bits: int) -> int:
-        """Bytes of block i's linears at `bits` (scales, zero points, biases included)."""
-        if (i, bits) not in self._bytes:
-            self._bytes[i, bits] = sum(self.backend.weight_bytes(m, bits) for m in self._linears[i])
-        return self._bytes[i, bits]
+    def linear_bytes(self, i: int, j: int, bits: int) -> int:
+        """Bytes of linear j of block i at `bits` (scales, zero points, bias included)."""
+        if (i, j, bits) not in self._bytes:
+            self._bytes[i, j, bits] = self.backend.weight_bytes(self._linears[i][j], bits)
+        return self._bytes[i, j, bits]
+
+    def block_bytes(self, i: int, bits: Widths) -> int:
+        """Bytes of block i's linears at `bits`: one width, or one per linear."""
+        widths = entry_widths(bits, len(self._linears[i]), f"block {i}")
+        return sum(self.linear_bytes(i, j, b) for j, b in enumerate(widths))
+
+    def nominal_bits(self, i: int, bits: Widths) -> float:
+        """Block i's nominal width: its one width, or its linears' weight-weighted mean."""
+        if isinstance(bits, int):
+            return bits
+        weights = self.linear_weights[i]
+        return sum(b * w for b, w in zip(bits, weights, strict=True)) / sum(weights)
 
     def in_format(self, rule) -> SizeTable:
         """The same shapes under another size rule (a file format's: `weight_bytes` and
@@ -86,7 +102,7 @@ class SizeTable:
             0 if i in removed else self.block_bytes(i, bits) for i, bits in enumerate(plan.bits)
         )
         weights = sum(w for i, w in enumerate(self.weights) if i not in removed)
-        kept = [b for i, b in enumerate(plan.bits) if i not in removed]
+        kept = [self.nominal_bits(i, b) for i, b in enumerate(plan.bits) if i not in removed]
         return Cost(
             avg_bits=sum(kept) / len(kept),
             bits_per_weight=8 * sum(block_bytes) / weights,

@@ -13,6 +13,13 @@ The walk, by the backend's unit (lwq.quant.base):
 - window: the backend calibrates every block together for the plan; block i depends on
   the bits of the blocks in its reach, usually the whole plan: one calibration per plan.
 
+A block whose linears have different widths (a finer unit's plan, lwq.plan) is built the
+same way: a linear backend quantizes each linear at its own width; GPTQ quantizes the
+block on the inputs entering it (the full-precision model's, walked to by a cursor
+through the originals, or the plan's own), each linear at its width and those at 16 left
+as loaded. Such variants are kept in memory, not in the disk store. A window backend
+calibrates whole blocks and refuses them.
+
 This module is the only code that reads `inputs`. Kept blocks stay packed on the host
 (their true size); each install unpacks a copy (`for_eval`) unless `packed` is asked for.
 """
@@ -54,7 +61,8 @@ class Engine:
         self._first: BlockInputs | None = None
         self._kept: dict[tuple, torch.nn.Module] = {}  # (i, *key) -> packed block
         self._cursor: BlockInputs | None = None  # sequential: inputs part-way through a plan
-        self._cursor_bits: tuple[int, ...] = ()  # the plan bits the cursor went through
+        self._cursor_bits: tuple = ()  # the plan bits the cursor went through
+        self._full: BlockInputs | None = None  # full-precision inputs part-way (mixed blocks)
         self.builds = 0  # blocks quantized
 
     def key(self, i: int, plan: Plan) -> tuple:
@@ -91,10 +99,17 @@ class Engine:
             quantize_linears(block, self.backend, bits, where=f"block {i} ")
             self.builds += 1
             return block
+        if isinstance(bits, tuple) and self.backend.unit != BLOCK:
+            raise LwqError(
+                f"quant={self.backend.name} calibrates whole blocks together and cannot give "
+                f"block {i} linears of different widths; use allocate.unit=block"
+            )
         key = (i, *self.key(i, plan))
         if key not in self._kept:
             if self.sequential:
                 self._walk_sequential(i, plan, original, installed, device)
+            elif isinstance(bits, tuple):
+                self._build_on_full_precision(i, bits, original, device)
             elif self.backend.unit == BLOCK:
                 self._walk_full_precision(bits, original, len(installed), device)
             else:
@@ -139,6 +154,16 @@ class Engine:
         )
         self._kept.update({(j, bits): block for j, block in built.items()})
 
+    def _build_on_full_precision(self, i: int, widths: tuple, original: Originals, device):
+        """Block i with per-linear `widths`, on the full-precision model's inputs entering
+        it: a cursor walks the originals forward (plans are installed in block order, so
+        a plan's mixed blocks cost one walk between them)."""
+        if self._full is None or self._full.index > i:
+            self._full = self.first_inputs().copy()
+        while self._full.index < i:
+            self._full.advance(_on(original(self._full.index), device))
+        self._kept[(i, widths)] = self._quantized(i, original(i), widths, self._full, device)
+
     def _walk_sequential(self, i: int, plan: Plan, original: Originals, installed, device) -> None:
         """Block i on the inputs the plan's installed blocks 0..i-1 produce."""
         done = self._cursor_bits
@@ -179,7 +204,7 @@ class Engine:
 def quantize_block(
     block: torch.nn.Module,
     backend: Backend,
-    bits: int,
+    bits: int | tuple[int, ...],
     inputs: BlockInputs | None = None,
     index: int | None = None,
     packed: bool = False,
@@ -203,11 +228,16 @@ def quantize_block(
     return block if packed else backend.for_eval(block)
 
 
-def quantize_linears(block: torch.nn.Module, backend: Backend, bits: int, where: str = "") -> None:
-    """Quantize every linear of `block` (mutated: the backend's modules installed by name)."""
-    for name, module in block_linears(block):
+def quantize_linears(block: torch.nn.Module, backend: Backend, bits, where: str = "") -> None:
+    """Quantize every linear of `block` (mutated: the backend's modules installed by name),
+    all at `bits` or each at its own width (a tuple in `block_linears` order)."""
+    linears = block_linears(block)
+    widths = bits if isinstance(bits, tuple) else (bits,) * len(linears)
+    if len(widths) != len(linears):
+        raise LwqError(f"{where}has {len(linears)} linears; the plan gives {len(widths)} widths")
+    for (name, module), width in zip(linears, widths, strict=True):
         try:
-            installed = backend.quantize(module, bits)
+            installed = backend.quantize(module, width)
         except LwqError as err:
             raise LwqError(f"{where}{name}: {err}") from err
         if installed is not module:

@@ -118,20 +118,23 @@ class GPTQBackend:
     def quantize(self, block: torch.nn.Module, bits: int, inputs: BlockInputs) -> torch.nn.Module:
         """`block` (mutated) with every linear replaced by its packed GPTQ `TorchLinear`.
 
-        `inputs` are the hidden states entering this block; the block runs them once per
-        group of linears (once in all without true_sequential).
+        `bits` is one width, or one per linear in `block_linears` order (16: that linear is
+        left as loaded). `inputs` are the hidden states entering this block; the block runs
+        them once per group of linears (once in all without true_sequential).
         """
         if bits == FULL_PRECISION:
             return block
         linears = dict(block_linears(block))
+        width = _widths(bits, list(linears))
         for name, module in linears.items():
             self._check_shape(name, as_linear(self.name, module))
         groups = _input_groups(block, inputs, linears) if self.true_sequential else [[*linears]]
         if sorted(n for g in groups for n in g) != sorted(linears):  # never skip a linear
             raise LwqError(f"GPTQ found linears {groups} in a block holding {sorted(linears)}")
+        groups = [[n for n in g if width[n] != FULL_PRECISION] for g in groups]
         packed = {}
-        for group in groups:
-            tasks = {name: self._task(linears[name], bits) for name in group}
+        for group in filter(None, groups):
+            tasks = {name: self._task(linears[name], width[name]) for name in group}
             handles = [
                 linears[name].register_forward_pre_hook(self._collector(tasks[name]))
                 for name in group
@@ -144,7 +147,7 @@ class GPTQBackend:
             for name, task in tasks.items():
                 if not task.nsamples:  # gptqmodel would fall back to plain rounding silently
                     raise LwqError(f"{name} saw no calibration tokens; check calib.samples")
-                packed[name] = self._pack(task, bits)
+                packed[name] = self._pack(task, width[name])
                 if self.true_sequential:  # the next groups see this linear quantized
                     block.set_submodule(name, self._runnable(packed[name], linears[name]))
         for name, module in packed.items():
@@ -256,6 +259,14 @@ class GPTQBackend:
         packed.pack(linear, scale, zero, g_idx)
         packed.post_init()
         return packed.to(linear.weight.device).eval()
+
+
+def _widths(bits: int | tuple[int, ...], names: list[str]) -> dict[str, int]:
+    """Each linear's width, by name."""
+    widths = bits if isinstance(bits, tuple) else (bits,) * len(names)
+    if len(widths) != len(names):
+        raise LwqError(f"the plan gives {len(widths)} widths to a block of {len(names)} linears")
+    return dict(zip(names, widths, strict=True))
 
 
 def _input_groups(block, inputs: BlockInputs, linears: dict) -> list[list[str]]:

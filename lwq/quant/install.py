@@ -44,7 +44,7 @@ class PlanApplier:
     def apply(self, plan: Plan) -> None:
         if len(plan.bits) != len(self.blocks):
             raise ValueError(f"plan has {len(plan.bits)} blocks, the model {len(self.blocks)}")
-        for bits in set(plan.bits):
+        for bits in plan.all_widths():
             check_bits(self.engine.backend, bits)
         for i, bits in enumerate(plan.bits):  # in order: sequential calibration relies on it
             key = self.engine.key(i, plan)
