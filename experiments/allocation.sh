@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The allocation study (issue #25), block unit: at 3.25 and 2.5 average bits and one bytes
-# budget, with GPTQ (damp 0.1, mse 2.4: its best settings here) and RTN g128, the plans of
-# the exact allocator (DP on summed single-block KL) and of the evolutionary search, beside
+# The allocation study (issue #25): at 3.25 and 2.5 average bits and one bytes budget,
+# with GPTQ (damp 0.1, mse 2.4: its best settings here) and RTN g128, the plans of the
+# exact allocator (DP on summed single-unit KL) and of the evolutionary search, each at
+# block and at linear unit (allocate.unit; no ties: the budgets are nominal), beside
 # the two-level orders they must beat at equal bytes: ldi (LIM), zd, position, sensitivity
 # and 5 random orders at every k. Held-out perplexity and KL on the model's eval text (not
 # the calibration text the sensitivity table and the search are tuned on); each plan
@@ -30,9 +31,11 @@ budgets=(budget=3.25 budget=2.5 "budget_bytes=$bytes")
 for quant in gptq rtn; do
   declare -n q=$quant
   for budget in "${budgets[@]}"; do  # first: the two-level points then get `damage` too
-    for method in dp search; do
-      python run.py "${common[@]}" "${q[@]}" "$budget" allocate.method=$method \
-        "sweep.blocks=[]" sweep
+    for unit in block linear; do
+      for method in dp search; do
+        python run.py "${common[@]}" "${q[@]}" "$budget" allocate.method=$method \
+          allocate.unit=$unit "sweep.blocks=[]" sweep
+      done
     done
   done
   python run.py -m "${common[@]}" "${q[@]}" "$ks" \

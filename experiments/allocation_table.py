@@ -28,7 +28,7 @@ def main(model: str = "ref-tiny", path: str | None = None) -> None:
     if not plans:
         raise SystemExit(f"no allocated plans in {path or default}; run experiments/allocation.sh")
     ppl = ranked_metric(list(metric_columns(plans[0])))
-    header = ["backend", "budget", "method", "bits/w", "ppl", "KL", "cal. KL", "pred.", "s"]
+    header = ["backend", "budget", "method", "unit", "bits/w", "ppl", "KL", "cal. KL", "pred.", "s"]
     header += [f"{o} ppl" for o in ORDERS]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -40,6 +40,7 @@ def main(model: str = "ref-tiny", path: str | None = None) -> None:
             plan["quant"]["name"],
             str(plan.get("budget") or f"{plan.get('budget_bytes')} B"),
             row.label,
+            plan.get("unit", "block"),
             f"{plan['bits_per_weight']:.3f}",
             f"{row.value:.3f}",
             _kl(plan),
@@ -62,7 +63,13 @@ def _two_level(records: list[dict]) -> list[dict]:
 
 
 def _order(record: dict) -> tuple:
-    return (record["quant"]["name"], -(record.get("budget") or 0), record.get("budget_bytes") or 0)
+    return (
+        record["quant"]["name"],
+        -(record.get("budget") or 0),
+        record.get("budget_bytes") or 0,
+        record.get("unit", "block") != "block",
+        record.get("allocate_method", "dp"),
+    )
 
 
 def _kl(record: dict) -> str:

@@ -21,6 +21,7 @@ import yaml
 
 from lwq.errors import LwqError
 
+FULL_PRECISION = 16  # "16 bits" means a block or linear is left as loaded (fp16/bf16)
 Widths = int | tuple[int, ...]  # one block's entry: one width, or one per linear
 
 

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lwq.errors import LwqError
-from lwq.plan import Plan, entry_widths
-from lwq.quant.base import FULL_PRECISION
+from lwq.plan import FULL_PRECISION, Plan, entry_widths
 
 KINDS = ("block", "sublayer", "linear")
 FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # vLLM's fused layers

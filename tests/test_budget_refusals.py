@@ -46,3 +46,16 @@ def test_a_budget_in_gguf_bits_is_refused_with_the_files_arithmetic(capsys):
 def test_a_gptq_file_budget_needs_the_gptq_backend(capsys):
     line = refused_by_run_py(capsys, MODEL, "budget=3", "allocate.format=gptq")
     assert "quant=gptq" in line
+
+
+def test_finer_units_refuse_bad_ties_window_backends_and_miscounted_plan_files(capsys, tmp_path):
+    line = refused_by_run_py(
+        capsys, MODEL, "budget=3", "allocate.unit=linear", "allocate.ties=[[q_proj,qkv]]"
+    )
+    assert "names 1 of this model's linears" in line and "ties=[]" in line
+    line = refused_by_run_py(capsys, MODEL, "budget=3", "allocate.unit=sublayer", "quant=slider")
+    assert "use allocate.unit=block" in line
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("bits: [4, [2, 4], 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]\n")
+    line = refused_by_run_py(capsys, MODEL, f"plan_file={plan}")
+    assert "block 1 2 widths; it has 7 linears" in line and "self_attn.q_proj" in line

@@ -18,7 +18,7 @@ from lwq.commands import run as run_command
 from lwq.commands.export import _plan, run_export
 from lwq.config import compose_run
 from lwq.errors import LwqError
-from lwq.export.gguf_file import block_types, tensor_type_rules
+from lwq.export.gguf_file import block_types, tensor_names, tensor_type_rules
 from lwq.llama_cpp import final_perplexity, locate
 from lwq.metrics import ranking
 from lwq.metrics.position import position_scores
@@ -44,6 +44,35 @@ def test_a_blocks_rule_matches_that_block_only():
     for i, (pattern, kind) in enumerate(rules):
         assert [n for n in names if re.search(pattern, n)] == [f"blk.{i}.ffn_down.weight"]
         assert kind == "q4_k"
+
+
+def test_a_mixed_block_gets_a_rule_per_tensor_named_as_gguf_names_it():
+    linears = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]  # fmt: skip
+    names = tensor_names("llama", "model.layers", [linears, linears])
+    assert names[1] == [
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    ]
+    wanted = block_types(Plan((4, (2, 2, 2, 4, 8, 8, 16))), DEFAULT_TYPES, names)
+    assert wanted[0] == "q4_k" and wanted[1]["attn_output"] == "q4_k"
+    assert wanted[1]["ffn_up"] == "q8_0" and wanted[1]["ffn_down"] == "f16"
+    rules = [rule.split("=") for rule in tensor_type_rules(wanted)]
+    assert len(rules) == 1 + 7
+    tensors = [f"blk.{i}.{n}.weight" for i in range(2) for n in names[1]]
+    for pattern, kind in rules[1:]:
+        hit = [t for t in tensors if re.search(pattern, t)]
+        assert len(hit) == 1 and hit[0].startswith("blk.1.")
+        assert kind == wanted[1][hit[0].split(".")[2]]
+    with pytest.raises(LwqError, match="GGUF names"):
+        block_types(Plan((4, (2, 4))), DEFAULT_TYPES)
+    with pytest.raises(LwqError, match="allocate.unit=block"):
+        tensor_names("llama", "model.layers", [["mlp.strange"]])
 
 
 def test_export_settings_are_checked_at_the_boundary():
@@ -272,3 +301,39 @@ def test_a_budget_in_gguf_bits_exports_to_a_file_with_the_plans_bits(tmp_path):
     # the next block raised to 4 bits would not fit: the budget is used, not wasted
     step = 8 * (2322432 - 1783296) / 106168320
     assert planned["bits_per_weight"] + step > 4.6
+
+
+@pytest.mark.slow
+def test_a_budget_over_linear_units_exports_to_a_file_with_the_plans_bits(tmp_path):
+    """allocate.unit=linear on SmolLM2 in GGUF bits (a cheap sensitivity table): the plan
+    mixes widths inside blocks and every block of the file holds the plan's bits."""
+    tools()
+    if not (SMOLLM2 / "model.safetensors").is_file():
+        missing(f"{SMOLLM2} is missing; run `make smollm2`")
+    out = tmp_path / "linear.gguf"
+    run = _gguf_budget_run(
+        "command=export",
+        "budget=4.6",
+        "allocate.unit=linear",
+        "calib.samples=1",
+        "calib.seq_len=64",
+        f"export.out={out}",
+        "export.check=false",
+        f"paths.results={tmp_path}",
+        "tracking=none",
+    )
+    manifest = run_export(run)
+    planned = manifest["plan_source"]["planned"]
+    assert any(isinstance(b, list) for b in manifest["plan"])  # linears differ in a block
+    assert manifest["file_bits_equal_plan"]
+    assert manifest["block_bits_per_weight"] == planned["bits_per_weight"] <= 4.6
+    mixed = next(w for w in manifest["wanted_types"] if isinstance(w, dict))
+    assert set(mixed) == {
+        "attn_q",
+        "attn_k",
+        "attn_v",
+        "attn_output",
+        "ffn_gate",
+        "ffn_up",
+        "ffn_down",
+    }

@@ -50,11 +50,13 @@ def test_a_gptq_checkpoint_is_asked_of_gptq_only():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """ref-tiny, its 4 least important blocks by position at 2 bits, the rest at 4, with
-    one block left at full precision by a plan file: one export for the tests below."""
+    one block left at full precision and one mixing widths (q, k, v at 2, o left as
+    loaded, gate and up at 8) by a plan file: one export for the tests below."""
     tmp = tmp_path_factory.mktemp("gptq")
     order = ranking(position_scores(None, range(12)), reverse=False)
     bits = [2 if i in order[:4] else 4 for i in range(12)]
     bits[order[-1]] = 16
+    bits[order[-2]] = [2, 2, 2, 16, 8, 8, 4]
     plan_file = tmp / "plan.yaml"
     plan_file.write_text(f"bits: {bits}\n")
     run = compose_run(
@@ -77,11 +79,16 @@ def test_the_checkpoint_holds_the_plan_and_the_bytes_lwq_counts(exported, ref_mo
     assert manifest["plan"] == bits
     saved = json.loads((out / "config.json").read_text())["quantization_config"]
     assert saved == json.loads((out / "quantize_config.json").read_text())
-    assert saved["bits"] == 4 and len(saved["dynamic"]) == 5  # 4 blocks at 2, one at 16
+    # 4 blocks at 2, one at 16; the mixed block: q, k, v at 2, o at 16, gate and up at 8
+    assert saved["bits"] == 4 and len(saved["dynamic"]) == 5 + 6
+    at = bits.index([2, 2, 2, 16, 8, 8, 4])
+    mixed = rf"model\.layers\.{at}\.self_attn\.o_proj"
+    assert saved["dynamic"]["-:" + mixed] == {}
     backend = make_backend("gptq")
     for i, block in enumerate(find_blocks(ref_model[0])):
         linears = [m for _, m in block_linears(block)]
-        held = sum(backend.weight_bytes(m, bits[i]) for m in linears)
+        widths = bits[i] if isinstance(bits[i], list) else [bits[i]] * len(linears)
+        held = sum(backend.weight_bytes(m, b) for m, b in zip(linears, widths, strict=True))
         weights = sum(linear_shape(m)[0] * linear_shape(m)[1] for m in linears)
         assert manifest["blocks"][i]["bits_per_weight"] == round(8 * held / weights, 4)
 

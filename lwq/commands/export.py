@@ -21,15 +21,16 @@ import torch
 
 from lwq.commands.context import RunContext, open_context
 from lwq.commands.points import allocation_settings, plan_points
-from lwq.commands.preflight import check_inputs, hub_options
+from lwq.commands.preflight import check_inputs, hub_options, model_config
 from lwq.config import RunConfig
 from lwq.data import load_texts
 from lwq.errors import LwqError
 from lwq.export import check as file_check
 from lwq.export import gptq_checkpoint
-from lwq.export.gguf_file import block_types, summary, write
+from lwq.export.gguf_file import all_types, block_types, summary, tensor_names, write
 from lwq.llama_cpp import LlamaCpp, locate
-from lwq.modeling.load import load_model, read_checkpoint_facts
+from lwq.modeling.blocks import block_linears, find_blocks
+from lwq.modeling.load import load_model, meta_model, read_checkpoint_facts
 from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION
 from lwq.runtime import pick_device, resolve_model_path, seed_everything
@@ -91,11 +92,12 @@ def run_export(run: RunConfig) -> dict:
 def _export_gguf(run: RunConfig, tools: LlamaCpp, checkpoint: Path) -> dict:
     spec = run.export
     plan, source = _plan(run)
-    types = "-".join(sorted(set(block_types(plan, spec.gguf.types))))
+    names = _gguf_tensor_names(run) if plan.mixed else None
+    types = "-".join(sorted(all_types(block_types(plan, spec.gguf.types, names))))
     name = f"{run.model.name}-{source['label']}-{types}.gguf"  # e.g. ...-k12-4to2-q2_k-q4_k
     out = spec.out or run.paths.results / "exports" / name
-    print(f"exporting {source['label']} {list(plan.bits)} to {out}")
-    manifest = write(checkpoint, plan, out, spec.gguf, tools)
+    print(f"exporting {source['label']} {plan.as_list()} to {out}")
+    manifest = write(checkpoint, plan, out, spec.gguf, tools, names)
     manifest |= {"model": run.model.name, "plan_source": source}
     print(summary(manifest))
     planned = source.get("planned")
@@ -119,6 +121,16 @@ def _export_gguf(run: RunConfig, tools: LlamaCpp, checkpoint: Path) -> dict:
     return manifest
 
 
+def _gguf_tensor_names(run: RunConfig) -> list[list[str]]:
+    """The GGUF names of every block's linears, from the model's config (no weights)."""
+    config, _ = model_config(run)
+    model = meta_model(config)
+    blocks = find_blocks(model)
+    linear_names = [[name for name, _ in block_linears(block)] for block in blocks]
+    prefix = gptq_checkpoint.block_prefix(model, blocks)
+    return tensor_names(config.model_type, prefix, linear_names)
+
+
 def _export_gptq(run: RunConfig) -> dict:
     """The plan's GPTQ blocks, as the sweep built them (cached variants are reused), saved
     as a GPTQ checkpoint and loaded back through gptqmodel for the check."""
@@ -127,7 +139,7 @@ def _export_gptq(run: RunConfig) -> dict:
     out = run.export.out or run.paths.results / "exports" / (
         f"{run.model.name}-{source['label']}-gptq"
     )
-    print(f"exporting {source['label']} {list(plan.bits)} to {out}/")
+    print(f"exporting {source['label']} {plan.as_list()} to {out}/")
     # the packed linears themselves rather than their evaluated form: the same blocks, so
     # the cached variants still serve
     ctx.applier(packed=True).apply(plan)
@@ -137,11 +149,13 @@ def _export_gptq(run: RunConfig) -> dict:
             if bits != FULL_PRECISION:
                 ctx.backend.pack(block, bits)
         settings = ctx.backend.checkpoint_settings()
-    config = gptq_checkpoint.write(ctx.model, ctx.tokenizer, ctx.blocks, plan, settings, Path(out))
+    config = gptq_checkpoint.write(
+        ctx.model, ctx.tokenizer, ctx.blocks, plan, settings, Path(out), ctx.sizes.linear_names
+    )
     manifest = {
         "model": run.model.name,
         "directory": str(out),
-        "plan": list(plan.bits),
+        "plan": plan.as_list(),
         "plan_source": source,
         "quantization_config": config,
         **gptq_checkpoint.read_back(Path(out), ctx.blocks),

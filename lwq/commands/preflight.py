@@ -87,18 +87,32 @@ def calibration_bytes(run: RunConfig, blocks, hidden: int) -> dict[str, int] | N
 
 def check_budget_shapes(run: RunConfig) -> None:
     """Refuse, before any weight loads, a budget no plan of `allowed_bits` meets on this
-    model's shapes (lwq.commands.budget.check_budget: the arithmetic in the line)."""
-    if not run.budget.wanted or (run.budget.bytes is None and run.budget.format is None):
+    model's shapes (lwq.commands.budget.check_budget: the arithmetic in the line), ties
+    that name no linears of it, and a plan file whose mixed blocks miscount its linears."""
+    budget = run.budget
+    in_files = budget.wanted and (budget.bytes is not None or budget.format is not None)
+    fine = budget.wanted and budget.unit != "block"
+    mixed = run.manual_plan is not None and run.manual_plan.mixed
+    if not (in_files or fine or mixed):
         return
     try:
         config, _ = model_config(run)
     except LwqError:
         return  # no shapes here: loading will say what is missing
-    from lwq.commands.budget import check_budget
+    from lwq.commands.budget import budget_units, check_budget
     from lwq.quant.cost import SizeTable
 
     model = meta_model(config)
-    check_budget(run, SizeTable(model, find_blocks(model), run.quant.backend))
+    sizes = SizeTable(model, find_blocks(model), run.quant.backend)
+    if budget.wanted:
+        check_budget(run, sizes)
+        budget_units(run, sizes)
+    if mixed and len(run.manual_plan.bits) == len(sizes):
+        for i, names in enumerate(sizes.linear_names):
+            try:
+                run.manual_plan.widths(i, len(names))
+            except LwqError as err:
+                raise LwqError(f"plan_file: {err} ({', '.join(names)})") from err
 
 
 def check_calibration_memory(run: RunConfig) -> None:

@@ -8,7 +8,9 @@ embedding and a separate output matrix stay at `embeddings`, as lwq keeps them).
 file is then read back, never trusted: llama.cpp falls back to another type when a
 tensor's rows are not a multiple of the type's block (256 for the K-quants; SmolLM2's
 576-wide inputs), so the bits each block really got come from the file, and every
-fallback is listed.
+fallback is listed. A block whose linears have different widths (finer units, lwq.units)
+gets one rule per tensor instead (`blk.N.attn_q.=<type>`), its tensors named by gguf-py's
+own map from the checkpoint's names (`tensor_names`).
 """
 
 from __future__ import annotations
@@ -38,29 +40,86 @@ class GgufExport:
     threads: int
 
 
-def block_types(plan: Plan, types: dict[int, str]) -> list[str]:
-    """The llama.cpp type of every block of `plan`; a width without a type is refused."""
-    missing = sorted({b for b in plan.bits if b not in types})
+Wanted = str | dict[str, str]  # a block's type, or its tensors' (GGUF name -> type)
+
+
+def block_types(
+    plan: Plan, types: dict[int, str], tensor_names: list[list[str]] | None = None
+) -> list[Wanted]:
+    """The llama.cpp type of every block of `plan` (of every tensor of a mixed block, by
+    its GGUF name in `tensor_names[i]`); a width without a type is refused."""
+    missing = sorted(b for b in plan.all_widths() if b not in types)
     if missing:
         known = ", ".join(f"{b}: {t}" for b, t in sorted(types.items()))
         raise LwqError(
             f"the plan has {missing}-bit blocks and export.types maps only {{{known}}}; "
             f"add e.g. export.types.{missing[0]}=<llama.cpp type>"
         )
-    return [types[b] for b in plan.bits]
+    wanted: list[Wanted] = []
+    for i, bits in enumerate(plan.bits):
+        if isinstance(bits, int):
+            wanted.append(types[bits])
+        elif tensor_names is None:
+            raise LwqError(f"block {i} mixes widths; the export needs its tensors' GGUF names")
+        else:
+            wanted.append({n: types[b] for n, b in zip(tensor_names[i], bits, strict=True)})
+    return wanted
 
 
-def tensor_type_rules(types_per_block: list[str]) -> list[str]:
-    """llama-quantize's `--tensor-type` rules: `blk\\.N\\.` matches block N only."""
-    return [rf"blk\.{i}\.={t}" for i, t in enumerate(types_per_block)]
+def all_types(wanted: list[Wanted]) -> set[str]:
+    return {t for w in wanted for t in ([w] if isinstance(w, str) else w.values())}
 
 
-def write(checkpoint: Path, plan: Plan, out: Path, settings: GgufExport, tools: LlamaCpp) -> dict:
+def tensor_type_rules(types_per_block: list[Wanted]) -> list[str]:
+    """llama-quantize's `--tensor-type` rules: `blk\\.N\\.` matches block N only,
+    `blk\\.N\\.attn_q\\.` one tensor of it."""
+    rules = []
+    for i, wanted in enumerate(types_per_block):
+        if isinstance(wanted, str):
+            rules.append(rf"blk\.{i}\.={wanted}")
+        else:
+            rules += [rf"blk\.{i}\.{name}\.={t}" for name, t in wanted.items()]
+    return rules
+
+
+def tensor_names(model_type: str, prefix: str, linear_names: list[list[str]]) -> list[list[str]]:
+    """Each block linear's GGUF tensor name inside its block (`self_attn.q_proj` ->
+    `attn_q`), by gguf-py's name map for the checkpoint's architecture."""
+    import gguf
+
+    arch = {name: a for a, name in gguf.MODEL_ARCH_NAMES.items()}.get(
+        model_type, gguf.MODEL_ARCH.LLAMA
+    )
+    names = gguf.get_tensor_name_map(arch, len(linear_names))
+    out = []
+    for i, linears in enumerate(linear_names):
+        block = []
+        for linear in linears:
+            found = names.get_name(f"{prefix}.{i}.{linear}")
+            if found is None or not found.startswith(f"blk.{i}."):
+                raise LwqError(
+                    f"gguf-py has no GGUF name for {prefix}.{i}.{linear} ({model_type}); "
+                    "export this model's plans at allocate.unit=block"
+                )
+            block.append(found.split(".", 2)[2])
+        out.append(block)
+    return out
+
+
+def write(
+    checkpoint: Path,
+    plan: Plan,
+    out: Path,
+    settings: GgufExport,
+    tools: LlamaCpp,
+    names: list[list[str]] | None = None,
+) -> dict:
     """Write `plan` on `checkpoint` (a local HF directory) to `out`; returns the manifest
-    (also written beside the file as `<out>.json`)."""
+    (also written beside the file as `<out>.json`). `names` are the blocks' tensors' GGUF
+    names (`tensor_names`), needed by mixed blocks only."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    wanted = block_types(plan, settings.types)
+    wanted = block_types(plan, settings.types, names)
     base = out.with_name(out.name + f".{settings.base}.tmp.gguf")
     partial = out.with_name(out.name + ".partial")
     rules = out.with_name(out.name + ".tensor-types.txt")
@@ -108,7 +167,7 @@ def write(checkpoint: Path, plan: Plan, out: Path, settings: GgufExport, tools: 
         "file": out.name,
         "sha256": file_sha256(out),
         "bytes": out.stat().st_size,
-        "plan": list(plan.bits),
+        "plan": plan.as_list(),
         "wanted_types": wanted,
         "settings": {"embeddings": settings.embeddings, "base": settings.base},
         **tools.describe(),
@@ -118,14 +177,15 @@ def write(checkpoint: Path, plan: Plan, out: Path, settings: GgufExport, tools: 
     return manifest
 
 
-def _main_type(wanted: list[str]) -> str:
+def _main_type(wanted: list[Wanted]) -> str:
     """llama-quantize applies `--tensor-type` rules only when its main type is quantized;
     every block tensor has a rule, so any quantized type serves (F16-only plans excepted)."""
-    quantized = [t for t in wanted if t not in BASE_TYPES]
+    flat = [t for w in wanted for t in ([w] if isinstance(w, str) else w.values())]
+    quantized = [t for t in flat if t not in BASE_TYPES]
     return Counter(quantized).most_common(1)[0][0] if quantized else "f16"
 
 
-def read_back(path: Path, wanted: list[str]) -> dict:
+def read_back(path: Path, wanted: list[Wanted]) -> dict:
     """Per block, the types the file holds and their real bits per weight (block linears
     only, as lwq counts them), and every tensor that is not at the type its block wanted."""
     from gguf import GGUFReader
@@ -144,8 +204,9 @@ def read_back(path: Path, wanted: list[str]) -> dict:
         block["bytes"] += int(tensor.n_bytes)
         block["weights"] += int(tensor.n_elements)
         block["types"][got] += 1
-        if got != wanted[i]:
-            fallbacks.append({"tensor": tensor.name, "wanted": wanted[i], "got": got})
+        want = wanted[i] if isinstance(wanted[i], str) else wanted[i].get(parts[2])
+        if got != want:
+            fallbacks.append({"tensor": tensor.name, "wanted": want, "got": got})
     empty = [i for i, b in enumerate(blocks) if not b["weights"]]
     if empty:
         raise LwqError(f"{path} has no 2-D tensors for blocks {empty}; the export is broken")
@@ -167,11 +228,12 @@ def read_back(path: Path, wanted: list[str]) -> dict:
 
 def summary(manifest: dict) -> str:
     """A few lines for the terminal: where the file is, its real bits, its fallbacks."""
-    nominal = sum(manifest["plan"]) / len(manifest["plan"])
+    plan = Plan(tuple(manifest["plan"]))
+    nominal = "mixed blocks" if plan.mixed else f"nominal {plan.avg_bits:.3f}, scales not counted"
     lines = [
         f"wrote {manifest['file']} ({manifest['bytes'] / 2**20:.1f} MiB, sha256 "
         f"{manifest['sha256'][:12]}): blocks at {manifest['block_bits_per_weight']:.3f} "
-        f"bits/weight in the file (plan nominal {nominal:.3f}, scales not counted)"
+        f"bits/weight in the file (plan {nominal})"
     ]
     fallbacks = manifest["fallbacks"]
     if fallbacks:

@@ -7,8 +7,10 @@ points, float16 scales, an int32 group index). They are written in the common v1
 read GPTQ checkpoints share. The checkpoint's `bits` is the plan's most common width;
 every other block gets a gptqmodel `dynamic` rule (`+:<block prefix>.N.` with its bits,
 `-:` for a block the plan leaves at full precision, saved as plain float16 weights), the
-per-module override gptqmodel, and engines built on it, read when loading. Whatever stays
-unquantized is saved in float16, as lwq counts it.
+per-module override gptqmodel, and engines built on it, read when loading. A block whose
+linears have different widths (finer units, lwq.units) gets one rule per linear not at the
+common width (`+:<prefix>.N.self_attn.q_proj`). Whatever stays unquantized is saved in
+float16, as lwq counts it.
 """
 
 from __future__ import annotations
@@ -38,15 +40,28 @@ def block_prefix(model: torch.nn.Module, blocks: torch.nn.ModuleList) -> str:
     raise LwqError("the decoder blocks are not a submodule of the model; cannot name them")
 
 
-def quantization_config(plan: Plan, settings: dict, prefix: str) -> dict:
-    """gptqmodel's config for `plan`: the common width, and a rule per other block."""
-    quantized = [b for b in plan.bits if b != FULL_PRECISION]
-    if not quantized:
-        raise LwqError("the plan quantizes no block; there is no GPTQ checkpoint to write")
-    common = Counter(quantized).most_common(1)[0][0]
-    dynamic: dict[str, dict] = {}
+def quantization_config(
+    plan: Plan, settings: dict, prefix: str, linear_names: list[list[str]] | None = None
+) -> dict:
+    """gptqmodel's config for `plan`: the common width, and a rule per other block (per
+    other linear of a mixed block, named by `linear_names[i]`)."""
+    widths = []  # (block, linear name or None: the whole block, bits)
     for i, bits in enumerate(plan.bits):
-        pattern = rf"{re.escape(prefix)}\.{i}\..*"
+        if isinstance(bits, int):
+            widths.append((i, None, bits))
+        else:
+            widths += [(i, n, w) for n, w in zip(_names(linear_names, i), bits, strict=True)]
+    linears = Counter()  # the common width: the one most linears hold (fewest rules)
+    for i, name, bits in widths:
+        if bits != FULL_PRECISION:
+            linears[bits] += 1 if name is not None or linear_names is None else len(linear_names[i])
+    if not linears:
+        raise LwqError("the plan quantizes no block; there is no GPTQ checkpoint to write")
+    common = linears.most_common(1)[0][0]
+    dynamic: dict[str, dict] = {}
+    for i, name, bits in widths:
+        inside = r".*" if name is None else re.escape(name)
+        pattern = rf"{re.escape(prefix)}\.{i}\.{inside}"
         if bits == FULL_PRECISION:
             dynamic[f"-:{pattern}"] = {}
         elif bits != common:
@@ -67,23 +82,42 @@ def quantization_config(plan: Plan, settings: dict, prefix: str) -> dict:
     }
 
 
+def _names(linear_names: list[list[str]] | None, i: int) -> list[str]:
+    if linear_names is None:
+        raise LwqError(f"block {i} mixes widths; the export needs the blocks' linear names")
+    return list(linear_names[i])
+
+
 @torch.no_grad()
-def write(model, tokenizer, blocks, plan: Plan, settings: dict, out: Path) -> dict:
+def write(
+    model,
+    tokenizer,
+    blocks,
+    plan: Plan,
+    settings: dict,
+    out: Path,
+    linear_names: list[list[str]] | None = None,
+) -> dict:
     """Save `model`, whose blocks hold the plan's packed GPTQ linears (as installed for
-    evaluation), to the directory `out`; returns the quantization config written."""
+    evaluation), to the directory `out`; returns the quantization config written.
+    `linear_names` (each block's, as loaded) name the linears of mixed blocks."""
     from gptqmodel.nn_modules.qlinear import BaseQuantLinear
     from gptqmodel.quantization.config import QuantizeConfig
     from gptqmodel.utils.model import convert_gptq_v2_to_v1_format_module
 
     out = Path(out)
-    config = quantization_config(plan, settings, block_prefix(model, blocks))
-    packed = _packed_by_block(blocks)
+    config = quantization_config(plan, settings, block_prefix(model, blocks), linear_names)
     for i, bits in enumerate(plan.bits):
-        widths = {m.bits for m in packed[i]}
-        if (bits == FULL_PRECISION) != (not packed[i]) or widths - {bits}:
+        held = _packed_widths(blocks[i])
+        if isinstance(bits, int):
+            wanted = {n: bits for n in held} if bits != FULL_PRECISION else {}
+        else:
+            named = zip(_names(linear_names, i), bits, strict=True)
+            wanted = {n: b for n, b in named if b != FULL_PRECISION}
+        if held != wanted or (isinstance(bits, int) and bits != FULL_PRECISION and not held):
             raise LwqError(
-                f"block {i} holds {sorted(widths) or 'no'} packed GPTQ linears, the plan says "
-                f"{bits} bits; install the plan with quant=gptq eval_dequantized=false first"
+                f"block {i} holds packed GPTQ linears {held or 'none'}, the plan says {bits}; "
+                "install the plan with quant=gptq eval_dequantized=false first"
             )
     # float16 for what stays unquantized (embeddings, norms, 16-bit blocks): the GPTQ
     # convention, what gptqmodel's torch kernel runs in, and the 16 bits lwq counts them at
@@ -115,6 +149,13 @@ def same_packed_tensors(model, blocks, loaded) -> bool:
         for a, b in pairs
         for name in ("qweight", "qzeros", "scales", "g_idx")
     )
+
+
+def _packed_widths(block) -> dict[str, int]:
+    """The width of every packed GPTQ linear of `block`, by its name in the block."""
+    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+
+    return {n: m.bits for n, m in block.named_modules() if isinstance(m, BaseQuantLinear)}
 
 
 def _packed_by_block(blocks) -> list[list]:
@@ -153,11 +194,12 @@ def read_back(out: Path, blocks) -> dict:
 
 
 def summary(manifest: dict) -> str:
-    nominal = sum(manifest["plan"]) / len(manifest["plan"])
+    plan = Plan(tuple(manifest["plan"]))
+    nominal = "mixed blocks" if plan.mixed else f"nominal {plan.avg_bits:.3f}"
     return (
         f"wrote {manifest['directory']} ({manifest['bytes'] / 2**20:.1f} MiB of weights): "
         f"blocks at {manifest['block_bits_per_weight']:.3f} bits/weight in the files (plan "
-        f"nominal {nominal:.3f}; GPTQ's scales, zero points and group index counted)"
+        f"{nominal}; GPTQ's scales, zero points and group index counted)"
     )
 
 

@@ -33,9 +33,9 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from lwq.errors import LwqError
+from lwq.plan import FULL_PRECISION
 from lwq.registry import Registry
 
-FULL_PRECISION = 16  # "16 bits" means the block is left as it is (stored as fp16/bf16)
 MODEL_DTYPE_BYTES = 2  # a tensor in the model's own dtype, counted as a 16-bit checkpoint
 LINEAR = "linear"
 BLOCK = "block"
