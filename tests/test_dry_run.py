@@ -74,3 +74,17 @@ def test_the_dry_run_states_a_file_budget_and_refuses_one_out_of_reach(tmp_path,
     )
     with pytest.raises(LwqError, match=r"4\.5000\.\.5\.5000"):
         run(compose_config(*common, *gguf, "budget=4"))
+
+
+def test_the_dry_run_counts_the_units_a_finer_table_measures(tmp_path, capsys):
+    common = (f"model.path={REF_MODEL}", f"paths.results={tmp_path}", "dry_run=true")
+    run(compose_config(*common, "budget=3", "allocate.unit=linear", "allowed_bits=[2,4]"))
+    assert "allocation units: 84 (linear) x 2 widths = 168 single-unit KL" in (
+        capsys.readouterr().out
+    )
+    gptq = ("quant=gptq", "allocate.format=gptq", "allocate.unit=linear", "allowed_bits=[2,4]")
+    run(compose_config(*common, *gptq, "budget=3"))
+    out = capsys.readouterr().out
+    assert "48 (linear, tied gate_proj+up_proj, q_proj+k_proj+v_proj) x 2 widths = 96" in out
+    run(compose_config(*common, "budget=3", "allocate.unit=sublayer", "allowed_bits=[2,4]"))
+    assert "allocation units: 24 (sublayer) x 2 widths = 48" in capsys.readouterr().out

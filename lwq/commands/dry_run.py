@@ -19,7 +19,7 @@ import statistics
 import tempfile
 from dataclasses import dataclass
 
-from lwq.commands.budget import check_budget
+from lwq.commands.budget import budget_units, check_budget
 from lwq.commands.budget import describe as describe_budget
 from lwq.commands.identity import run_identity
 from lwq.commands.points import Point, plan_points
@@ -75,6 +75,14 @@ def run_dry(run: RunConfig) -> dict:
     if run.budget.wanted:
         allocated = next((p.point for p in planned if p.point.kind == "allocated"), None)
         print(describe_budget(run, sizes, None if allocated is None else allocated.plan.bits))
+        units, widths = budget_units(run, sizes), len(run.budget.allowed_bits)
+        ties = sorted({u.name.split(".", 1)[1] for u in units if "+" in u.name})
+        print(
+            f"allocation units: {len(units)} ({run.budget.unit}"
+            + (f", tied {', '.join(ties)}" if ties else "")
+            + f") x {widths} widths = {len(units) * widths} single-unit KL measurements in "
+            "its sensitivity table, each from its block on"
+        )
     return {"blocks": len(blocks), "source": source, "points": planned, **estimate}
 
 
