@@ -54,3 +54,22 @@ def test_bad_search_settings_are_refused_before_loading(capsys):
         capsys, "budget=3", "allocate.method=search", "allocate.search.offspring=0"
     )
     assert "offspring" in line
+
+
+@pytest.mark.slow
+def test_the_search_runs_over_sublayer_units_and_records_the_models_plan(tmp_path, capsys):
+    """At allocate.unit=sublayer the search moves attention and MLP widths apart: the
+    record's unit plan is the search's, its plan the blocks' per-linear widths of it, and
+    the weighted nominal bits stay within the budget."""
+    run = compose_config(*small_run_overrides(tmp_path), *SEARCH, "allocate.unit=sublayer")
+    run_sweep(run)
+    (point,) = [r for r in records(tmp_path) if r["kind"] == "allocated"]
+    facts = point["search"]
+    assert point["unit"] == "sublayer" and point["unit_plan"] == facts["plan"]
+    assert len(facts["plan"]) == 2 * point["n_blocks"]  # attention and MLP of every block
+    for i, entry in enumerate(point["plan"]):
+        attention, mlp = facts["plan"][2 * i], facts["plan"][2 * i + 1]
+        assert entry == attention if attention == mlp else entry == [attention] * 4 + [mlp] * 3
+    assert point["avg_bits"] <= 3 + 1e-9
+    assert facts["calibration_kl"] <= facts["start_calibration_kl"]
+    assert point["damage"]["predicted_kl"] == pytest.approx(point["predicted_sensitivity"])
