@@ -337,3 +337,29 @@ def test_a_budget_over_linear_units_exports_to_a_file_with_the_plans_bits(tmp_pa
         "ffn_up",
         "ffn_down",
     }
+
+
+@pytest.mark.slow
+def test_quant_gguf_with_llama_cpps_fallback_gives_the_fallen_back_tensors_too(exported):
+    """SmolLM2's 576-wide o_proj cannot be q2_k: llama-quantize stores it as q4_0, and
+    quant.settings.fallback=llama_cpp quantizes it so, bit for bit, with the file's bytes
+    (o_proj: the converter permutes q_proj's and k_proj's rows for llama's rotary layout)."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    from safetensors import safe_open
+
+    manifest, out = exported
+    refusing, falling = make_backend("gguf"), make_backend("gguf", fallback="llama_cpp")
+    tensors = {t.name: t for t in GGUFReader(str(out)).tensors}
+    block = manifest["plan"].index(2)
+    with safe_open(str(SMOLLM2 / "model.safetensors"), "pt") as weights:
+        linear = torch.nn.Linear(576, 576, bias=False)
+        linear.weight.data = weights.get_tensor(f"model.layers.{block}.self_attn.o_proj.weight")
+    with pytest.raises(LwqError, match="fallback=llama_cpp"):
+        refusing.weight_bytes(linear, 2)
+    stored = tensors[f"blk.{block}.attn_output.weight"]
+    assert stored.tensor_type.name.lower() == "q4_0"
+    assert falling.weight_bytes(linear, 2) == int(stored.n_bytes)
+    falling.quantize(linear, 2)
+    from_file = torch.from_numpy(dequantize(stored.data, stored.tensor_type))
+    assert torch.equal(linear.weight.data, from_file.reshape(576, 576))

@@ -21,33 +21,10 @@ import math
 from lwq.errors import LwqError
 from lwq.modeling.blocks import input_dim
 from lwq.quant.base import FULL_PRECISION
-from lwq.quant.gguf_types import block_shape, tensor_bytes
+from lwq.quant.gguf_types import FALLBACK, stored_type, tensor_bytes
 
-# llama.cpp's fallback type when rows are not a multiple of the wanted type's block
-FALLBACK = {
-    **dict.fromkeys(("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs"), "iq4_nl"),
-    **dict.fromkeys(("iq3_s", "iq4_xs"), "iq4_nl"),
-    **dict.fromkeys(("q2_0", "q2_k", "q3_k", "tq1_0", "tq2_0"), "q4_0"),
-    "q4_k": "q5_0",
-    "q5_k": "q5_1",
-    "q6_k": "q8_0",
-}
-SMALL_BLOCK = 32  # a type with blocks this small or smaller has nothing to fall back to
+__all__ = ["FALLBACK", "GgufFileSizes", "stored_type"]  # the rule lives with the types
 F32_BYTES = 4
-
-
-def stored_type(wanted: str, width: int) -> str:
-    """The type llama-quantize stores a tensor of `width`-wide rows at when `wanted`."""
-    block, _ = block_shape(wanted)
-    if width % block == 0:
-        return wanted
-    if wanted in FALLBACK:
-        fallback = FALLBACK[wanted]
-    elif block <= SMALL_BLOCK:
-        fallback = wanted
-    else:
-        raise LwqError(f"llama.cpp has no fallback for {wanted} on {width}-wide rows")
-    return fallback if width % block_shape(fallback)[0] == 0 else "f16"
 
 
 class GgufFileSizes:

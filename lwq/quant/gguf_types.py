@@ -6,8 +6,11 @@ that `make llama-cpp` builds (ctypes; no imatrix, as `llama-quantize` without on
 come back through gguf-py's dequantizer. The bytes are the format's own: `type_size`
 bytes per block of `block_size` weights (Q2_K: 84 bytes per 256 weights = 2.625 bits).
 Types are chosen per bit-width (`types`, as `export.types`). A row whose width is not a
-multiple of the type's block (256 for the K-quants) is refused, naming a type that fits:
-llama.cpp would silently quantize that tensor to another type.
+multiple of the type's block (256 for the K-quants) is refused, naming a type that fits,
+since llama.cpp would silently quantize that tensor to another type; or, with
+`fallback: llama_cpp`, quantized at that other type exactly as llama-quantize does
+(`stored_type`: q2_k/q3_k -> q4_0 on SmolLM2's 576-wide rows), so a sweep or a sensitivity
+table measures the weights and bytes the GGUF file will hold.
 """
 
 from __future__ import annotations
@@ -115,6 +118,33 @@ def quantize_rows(weight: np.ndarray, name: str) -> np.ndarray:
     return dequantize(packed, qtype).reshape(rows, width)
 
 
+# llama.cpp's fallback type when rows are not a multiple of the wanted type's block
+FALLBACK = {
+    **dict.fromkeys(("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs"), "iq4_nl"),
+    **dict.fromkeys(("iq3_s", "iq4_xs"), "iq4_nl"),
+    **dict.fromkeys(("q2_0", "q2_k", "q3_k", "tq1_0", "tq2_0"), "q4_0"),
+    "q4_k": "q5_0",
+    "q5_k": "q5_1",
+    "q6_k": "q8_0",
+}
+FALLBACK_MODES = ("refuse", "llama_cpp")
+SMALL_BLOCK = 32  # a type with blocks this small or smaller has nothing to fall back to
+
+
+def stored_type(wanted: str, width: int) -> str:
+    """The type llama-quantize stores a tensor of `width`-wide rows at when `wanted`."""
+    block, _ = block_shape(wanted)
+    if width % block == 0:
+        return wanted
+    if wanted in FALLBACK:
+        fallback = FALLBACK[wanted]
+    elif block <= SMALL_BLOCK:
+        fallback = wanted
+    else:
+        raise LwqError(f"llama.cpp has no fallback for {wanted} on {width}-wide rows")
+    return fallback if width % block_shape(fallback)[0] == 0 else "f16"
+
+
 @BACKENDS.register("gguf")
 class GgufTypes:
     """llama.cpp's types per bit-width, quantized by ggml itself (needs `make llama-cpp`)."""
@@ -134,11 +164,19 @@ class GgufTypes:
         snr_8_bits_db=40.0,  # q8_0 on the random 256-wide model: 45.6 dB measured
     )
 
-    def __init__(self, types: dict | None = None) -> None:
+    def __init__(self, types: dict | None = None, fallback: str = "refuse") -> None:
         self.types = read_types(types, "quant.settings.types")  # unknown names fail here
+        if fallback not in FALLBACK_MODES:
+            raise LwqError(
+                f"quant.settings.fallback must be one of {', '.join(FALLBACK_MODES)}, "
+                f"got {fallback!r}"
+            )
+        self.fallback = fallback
 
     def settings(self) -> dict:
-        return {"types": {str(b): t for b, t in sorted(self.types.items())}}
+        # the default is left out, so keys made before the setting existed stay valid
+        extra = {} if self.fallback == "refuse" else {"fallback": self.fallback}
+        return {"types": {str(b): t for b, t in sorted(self.types.items())}, **extra}
 
     @torch.no_grad()
     def quantize(self, module: torch.nn.Module, bits: int, inputs=None) -> torch.nn.Module:
@@ -146,7 +184,9 @@ class GgufTypes:
         name = self.types[bits]
         if bits == FULL_PRECISION or name == "f16":
             return module
-        self._check_width(module, name, bits)
+        name = self._stored(module, name, bits)
+        if name == "f16":
+            return module
         dim = input_dim(module)
         w = module.weight.data.float()
         w = w if dim == 1 else w.t()  # (out, in): ggml quantizes along the input
@@ -164,8 +204,17 @@ class GgufTypes:
         name = self.types[bits]
         if bits == FULL_PRECISION or name == "f16":
             return full_precision_bytes(module)
-        self._check_width(module, name, bits)
+        name = self._stored(module, name, bits)
+        if name == "f16":
+            return full_precision_bytes(module)
         return self._bytes(module, name)
+
+    def _stored(self, module: torch.nn.Module, name: str, bits: int) -> str:
+        """The type `module` is quantized at: `name`, or llama.cpp's fallback for its width."""
+        if self.fallback == "llama_cpp":
+            return stored_type(name, module.weight.shape[input_dim(module)])
+        self._check_width(module, name, bits)
+        return name
 
     @staticmethod
     def _bytes(module: torch.nn.Module, name: str) -> int:
@@ -181,5 +230,6 @@ class GgufTypes:
                 f"quant=gguf: {name} packs rows in blocks of {block} and this model has "
                 f"{width}-wide inputs (llama.cpp would quantize them to another type); map "
                 f"{bits} bits to a type with 32-wide blocks, e.g. quant.settings.types.{bits}="
-                "q4_0 (no such type is below 4 bits)"
+                "q4_0 (no such type is below 4 bits), or set quant.settings.fallback=llama_cpp "
+                "to quantize as llama.cpp will"
             )
