@@ -292,3 +292,25 @@ def test_a_mixed_block_packs_each_linear_at_its_width_on_full_precision_inputs(m
         inputs.advance(blocks[j])
     by_hand = _gptq(eval_dequantized=False).quantize(copy.deepcopy(blocks[2]), widths, inputs)
     assert _same(built, by_hand)
+
+
+def test_mixed_variants_beyond_the_cap_are_dropped_and_built_again_alike(
+    model_and_ids, monkeypatch
+):
+    import lwq.quant.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "MIXED_KEPT_PER_BLOCK", 0)  # keep the newest only
+    model, blocks, ids = model_and_ids
+    n = len(blocks)
+    engine = _engine(_gptq(), model, blocks, ids)
+    applier = PlanApplier(blocks, engine)
+    first = (2, 2, 2, 4, 4, 4, 4)
+    try:
+        applier.apply(Plan(tuple(first if i == 1 else FULL_PRECISION for i in range(n))))
+        built = copy.deepcopy(blocks[1])
+        applier.apply(Plan(tuple((4, 4, 4, 2, 2, 2, 2) if i == 1 else 16 for i in range(n))))
+        assert len(engine._mixed) == 1 and engine.builds == 2  # the first one was dropped
+        applier.apply(Plan(tuple(first if i == 1 else FULL_PRECISION for i in range(n))))
+        assert engine.builds == 3 and _same(blocks[1], built)  # rebuilt, the same block
+    finally:
+        applier.restore()

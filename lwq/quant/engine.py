@@ -17,8 +17,9 @@ A block whose linears have different widths (a finer unit's plan, lwq.plan) is b
 same way: a linear backend quantizes each linear at its own width; GPTQ quantizes the
 block on the inputs entering it (the full-precision model's, walked to by a cursor
 through the originals, or the plan's own), each linear at its width and those at 16 left
-as loaded. Such variants are kept in memory, not in the disk store. A window backend
-calibrates whole blocks and refuses them.
+as loaded. Such variants are kept in memory, not in the disk store, the least recently
+built dropped beyond `MIXED_KEPT_PER_BLOCK` per block on average (a search over linear
+units meets thousands). A window backend calibrates whole blocks and refuses them.
 
 This module is the only code that reads `inputs`. Kept blocks stay packed on the host
 (their true size); each install unpacks a copy (`for_eval`) unless `packed` is asked for.
@@ -27,6 +28,7 @@ This module is the only code that reads `inputs`. Kept blocks stay packed on the
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -37,6 +39,8 @@ from lwq.modeling.capture import BlockInputs
 from lwq.plan import Plan
 from lwq.quant.base import BLOCK, FULL_PRECISION, LINEAR, Backend
 from lwq.quant.store import Built, Originals, VariantStore
+
+MIXED_KEPT_PER_BLOCK = 8  # mixed-width variants kept, times the number of blocks
 
 
 class Engine:
@@ -63,6 +67,7 @@ class Engine:
         self._cursor: BlockInputs | None = None  # sequential: inputs part-way through a plan
         self._cursor_bits: tuple = ()  # the plan bits the cursor went through
         self._full: BlockInputs | None = None  # full-precision inputs part-way (mixed blocks)
+        self._mixed: OrderedDict[tuple, None] = OrderedDict()  # their keys, oldest first
         self.builds = 0  # blocks quantized
 
     def key(self, i: int, plan: Plan) -> tuple:
@@ -114,6 +119,8 @@ class Engine:
                 self._walk_full_precision(bits, original, len(installed), device)
             else:
                 self._calibrate_window(plan, original, device)
+        elif key in self._mixed:
+            self._mixed.move_to_end(key)  # recently used: dropped last
         block = copy.deepcopy(self._kept[key]).to(device)
         original(i).to(self.keep_on)  # only now: building may have run through it
         return block if packed else self.backend.for_eval(block)
@@ -163,6 +170,10 @@ class Engine:
         while self._full.index < i:
             self._full.advance(_on(original(self._full.index), device))
         self._kept[(i, widths)] = self._quantized(i, original(i), widths, self._full, device)
+        self._mixed[(i, widths)] = None
+        blocks = len(self._full.kwargs)  # kwargs: one list per block
+        while len(self._mixed) > max(1, MIXED_KEPT_PER_BLOCK * blocks):  # never the new one
+            self._kept.pop(self._mixed.popitem(last=False)[0], None)
 
     def _walk_sequential(self, i: int, plan: Plan, original: Originals, installed, device) -> None:
         """Block i on the inputs the plan's installed blocks 0..i-1 produce."""
