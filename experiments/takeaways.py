@@ -117,6 +117,7 @@ def allocated_cell(mr: ModelRecords, perf: Perf, budget: float, pair: Pair) -> s
     nearest k with at most as many bits."""
     allocated = [r for r in mr.of_kind("allocated") if r.get("budget") == budget]
     allocated = [r for r in allocated if r.get("quant", {}).get("name") == pair.backend]
+    allocated = [r for r in allocated if r.get("unit", "block") == "block"]  # the paper's
     two_level = find(curves_of(mr, perf, pair), "ldi", False)
     if not allocated or two_level is None:
         return "—"
