@@ -39,10 +39,12 @@ def test_each_order_gives_its_point_with_the_most_bytes_not_above_the_plans():
     records = [
         point("allocated", 800, 20.0),
         point("allocated", 850, 19.0, allocate_method="search"),
+        point("allocated", 800, 18.0, unit="linear"),
         *ladder("ldi", [10.0, 15.0, 21.0, 30.0]),
         *ladder("zd", [10.0, 16.0, 25.0, 40.0]),
     ]
-    exact, under = compare_at_bytes(records, METRIC)
+    exact, under, finer = compare_at_bytes(records, METRIC)
+    assert finer.label == "allocated/linear" and finer.value == 18.0
     assert (exact.label, exact.weight_bytes, exact.value) == ("allocated", 800, 20.0)
     by_order = {b.order: b for b in exact.baselines}
     assert by_order["ldi"].value == 21.0 and by_order["ldi"].exact  # k=2 at 800 bytes

@@ -51,9 +51,12 @@ def order_name(record: dict) -> str:
 
 
 def method_label(record: dict) -> str:
+    """`allocated`, `searched` or `manual`, with a unit finer than blocks after a slash."""
+    label = record["kind"]
     if record["kind"] == "allocated" and record.get("allocate_method") == "search":
-        return "searched"
-    return record["kind"]
+        label = "searched"
+    unit = record.get("unit", "block")
+    return label if unit == "block" else f"{label}/{unit}"
 
 
 def compare_at_bytes(records: list[dict], metric: str) -> list[MethodRow]:
