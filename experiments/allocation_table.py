@@ -39,7 +39,7 @@ def main(model: str = "ref-tiny", path: str | None = None) -> None:
         cells = [
             plan["quant"]["name"],
             str(plan.get("budget") or f"{plan.get('budget_bytes')} B"),
-            row.label,
+            plan.get("allocate_method", "dp"),
             plan.get("unit", "block"),
             f"{plan['bits_per_weight']:.3f}",
             f"{row.value:.3f}",
