@@ -193,3 +193,37 @@ def test_allocation_over_linear_units_meets_a_nominal_budget_per_weight():
     for i in range(3):  # ties hold: q, k and v of a block share one width
         widths = plan.widths(i, n[i])
         assert widths[0] == widths[1] == widths[2] and widths[4] == widths[5]
+
+
+def test_a_killed_sensitivity_table_resumes_after_its_finished_blocks(tmp_path, monkeypatch):
+    """Killed while measuring block 1, the table keeps block 0's rows; the rerun measures
+    blocks 1 and 2 only and gives the uninterrupted table."""
+    import lwq.metrics.sensitivity as sensitivity
+
+    model, blocks = _model(blocks=3)
+    compute = METRICS.get("sensitivity").compute
+    settings = {"bits": 2, "table_bits": [4], "unit": "sublayer"}
+    whole = compute(
+        model, blocks, _calibration(), engine=Engine(make_backend("rtn", group_size=32)), **settings
+    )
+    checkpoint = tmp_path / "table.rows.partial"
+    real, measured = sensitivity.alone, []
+
+    def dying(units, u, b, n):
+        measured.append(units[u].block)
+        if units[u].block == 1:
+            raise KeyboardInterrupt  # a kill while block 1 is measured
+        return real(units, u, b, n)
+
+    monkeypatch.setattr(sensitivity, "alone", dying)
+    engine = Engine(make_backend("rtn", group_size=32))
+    with pytest.raises(KeyboardInterrupt):
+        compute(model, blocks, _calibration(), engine=engine, checkpoint=checkpoint, **settings)
+    assert checkpoint.is_file()
+    measured.clear()
+    monkeypatch.setattr(
+        sensitivity, "alone", lambda *a: (measured.append(a[0][a[1]].block), real(*a))[1]
+    )
+    again = compute(model, blocks, _calibration(), engine=engine, checkpoint=checkpoint, **settings)
+    assert set(measured) == {1, 2} and not checkpoint.exists()
+    assert again.details == whole.details and again.seconds is not None

@@ -82,11 +82,13 @@ class RunContext:
         def compute() -> Scores:
             calibration = self.calibration() if entry.needs_calibration else None
             extra = {}
-            if entry.needs_quantizer:
+            if entry.needs_quantizer:  # long: its finished rows are kept through a kill
                 extra = {"engine": self.engine, "logits_memory": self.logits_memory}
+                extra["checkpoint"] = self.cache_dir / "scores" / f"{digest(key)}.rows.partial"
             started = time.time()
             scores = entry.compute(self.model, self.blocks, calibration, **settings, **extra)
-            scores = dataclasses.replace(scores, seconds=round(time.time() - started, 2))
+            if scores.seconds is None:  # a resumed metric counts its earlier runs itself
+                scores = dataclasses.replace(scores, seconds=round(time.time() - started, 2))
             store_scores(self.cache_dir, key, scores)
             return scores
 

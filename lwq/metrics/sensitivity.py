@@ -25,7 +25,11 @@ identity needs logits linear in h. `logits_memory=None` keeps the whole-logits p
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
@@ -168,6 +172,7 @@ def sensitivity_scores(
     logits_memory: float | None = 0.25,
     unit: str = "block",
     ties: list[list[str]] | None = None,
+    checkpoint: Path | None = None,
 ) -> Scores:
     """KL at `bits` per block (higher = more important); `details` has `kl@b` and `ppl@b`
     for every b in `table_bits` (and `bits`), plus the full-precision `ppl@16`.
@@ -175,7 +180,9 @@ def sensitivity_scores(
     `engine` builds the quantized blocks (the run's backend); the model is left as given.
     `logits_memory` (GB) bounds the log-probabilities held at once; None = whole logits.
     `unit` (lwq.units: sublayer, linear with `ties`) measures each unit of every block
-    alone instead, in block order: then the values are per unit.
+    alone instead, in block order: then the values are per unit. With `checkpoint` (a file
+    named by the table's cache key) the rows of every finished block are saved, and a
+    killed table resumes after them (a linear-unit table of SmolLM2 takes hours).
     """
     check_sensitivity({"bits": bits, "table_bits": table_bits})
     widths = sorted({bits, *(table_bits or [])})
@@ -188,9 +195,15 @@ def sensitivity_scores(
         reference = CalibrationKL.of(model, calibration, batch_size, logits_memory)
     entering = BlockInputs.capture(model, blocks, calibration, batch_size)
     details: dict[str, list[float]] = {f"{kind}@{b}": [] for b in widths for kind in ("kl", "ppl")}
+    done, started, before = 0, time.time(), 0.0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        saved = json.loads(Path(checkpoint).read_text())
+        done, details, before = saved["blocks_done"], saved["details"], saved["seconds"]
     applier = PlanApplier(blocks, engine)
     try:
-        for i in range(len(blocks)):
+        for i in range(done):  # finished before a kill: only their hidden states are needed
+            entering.advance(blocks[i])
+        for i in range(done, len(blocks)):
             for u in (u for u, one in enumerate(units) if one.block == i):
                 for b in widths:
                     applier.apply(alone(units, u, b, n_linears))
@@ -201,10 +214,26 @@ def sensitivity_scores(
             if i + 1 < len(blocks):
                 applier.restore()  # block i back as loaded, on the model's device
                 entering.advance(blocks[i])
+                if checkpoint is not None:
+                    seconds = before + time.time() - started
+                    _save_rows(Path(checkpoint), i + 1, details, seconds)
     finally:
         applier.restore()
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     details["ppl@16"] = [math.exp(reference.nll)] * len(units)
-    return Scores(tuple(details[f"kl@{bits}"]), True, {k: tuple(v) for k, v in details.items()})
+    rows = {k: tuple(v) for k, v in details.items()}
+    seconds = round(before + time.time() - started, 2)  # every run's part, if resumed
+    return Scores(tuple(details[f"kl@{bits}"]), True, rows, seconds=seconds)
+
+
+def _save_rows(path: Path, blocks_done: int, details: dict, seconds: float) -> None:
+    """The rows of the first `blocks_done` blocks, replaced whole (never half written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    saved = {"blocks_done": blocks_done, "details": details, "seconds": seconds}
+    partial.write_text(json.dumps(saved))
+    os.replace(partial, path)
 
 
 def check_sensitivity(settings: dict) -> None:
