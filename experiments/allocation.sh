@@ -18,8 +18,10 @@ export LWQ_RESULTS=${LWQ_RESULTS:-results/allocation}
 case $model in
   ref-tiny)  # every k, 16 held-out pieces
     ks="sweep.blocks=[0,1,2,3,4,5,6,7,8,9,10,11,12]"; evals=(eval.limit=16); bytes=2000000 ;;
-  smollm2-135m)  # every third k, 8 held-out pieces scored by the KL pass
-    ks="sweep.blocks=[0,3,6,9,12,15,18,21,24,27,30]"; evals=(eval.limit=8 eval.text_by=lwq)
+  smollm2-135m)  # every third k, 8 held-out pieces scored by the KL pass; 16 x 256
+    # calibration tokens (the search's 4096): a linear-unit table is 840 measurements
+    ks="sweep.blocks=[0,3,6,9,12,15,18,21,24,27,30]"
+    evals=(eval.limit=8 eval.text_by=lwq calib.samples=16)
     bytes=97000000 ;;
   *) echo "usage: experiments/allocation.sh [ref-tiny|smollm2-135m] [overrides...]" >&2; exit 2 ;;
 esac
