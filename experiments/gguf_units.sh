@@ -14,7 +14,7 @@ budget=${1:-4.5}; shift || true
 results=${LWQ_RESULTS:-results/gguf-units}
 for unit in block linear; do
   python run.py command=export model=smollm2-135m tracking=none paths.results="$results" \
-    quant=gguf quant.settings.fallback=llama_cpp allocate.format=gguf budget="$budget" \
+    quant=gguf +quant.settings.fallback=llama_cpp allocate.format=gguf budget="$budget" \
     "allowed_bits=[2,4]" allocate.unit=$unit calib.samples=8 \
     export.out="$results/exports/smollm2-gguf-$budget-$unit.gguf" "$@"
 done

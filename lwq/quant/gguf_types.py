@@ -230,6 +230,6 @@ class GgufTypes:
                 f"quant=gguf: {name} packs rows in blocks of {block} and this model has "
                 f"{width}-wide inputs (llama.cpp would quantize them to another type); map "
                 f"{bits} bits to a type with 32-wide blocks, e.g. quant.settings.types.{bits}="
-                "q4_0 (no such type is below 4 bits), or set quant.settings.fallback=llama_cpp "
+                "q4_0 (no such type is below 4 bits), or add +quant.settings.fallback=llama_cpp "
                 "to quantize as llama.cpp will"
             )
