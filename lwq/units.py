@@ -100,6 +100,17 @@ def unit_bits_of(plan: Plan, units: Sequence[Unit], n_linears: Sequence[int]) ->
     return tuple(out)
 
 
+def linear_counts(units: Sequence[Unit], n_blocks: int | None = None) -> list[int]:
+    """How many linears each block holds, from the units covering them."""
+    n_blocks = max(u.block for u in units) + 1 if n_blocks is None else n_blocks
+    return [sum(len(u.linears) for u in units if u.block == i) for i in range(n_blocks)]
+
+
+def tied_labels(units: Sequence[Unit]) -> list[str]:
+    """The tie groups the units apply (`q_proj+k_proj+v_proj`), each once."""
+    return sorted({u.name.split(".", 1)[1] for u in units if "+" in u.name})
+
+
 def alone(units: Sequence[Unit], u: int, bits: int, n_linears: Sequence[int]) -> Plan:
     """Unit u at `bits`, everything else at 16: what its sensitivity measures."""
     return plan_of(

@@ -275,25 +275,32 @@ def test_the_files_bits_and_bytes_are_the_ones_lwq_plans_with(exported):
     assert planned["bytes"] == sum(int(t.n_bytes) for t in GGUFReader(str(out)).tensors)
 
 
+def _budget_export(tmp_path, name: str, *overrides: str) -> dict:
+    """SmolLM2 exported at 4.6 GGUF bits per weight, planned on a cheap sensitivity table
+    (one 64-token sequence), unchecked in llama.cpp; its manifest."""
+    tools()
+    if not (SMOLLM2 / "model.safetensors").is_file():
+        missing(f"{SMOLLM2} is missing; run `make smollm2`")
+    return run_export(
+        _gguf_budget_run(
+            "command=export",
+            "budget=4.6",
+            "calib.samples=1",
+            "calib.seq_len=64",
+            f"export.out={tmp_path / name}",
+            "export.check=false",
+            f"paths.results={tmp_path}",
+            "tracking=none",
+            *overrides,
+        )
+    )
+
+
 @pytest.mark.slow
 def test_a_budget_in_gguf_bits_exports_to_a_file_with_the_plans_bits(tmp_path):
     """The allocator plans SmolLM2 at 4.6 bits per weight of the GGUF file (a cheap
     sensitivity table: one 64-token sequence); the file holds exactly the plan's bits."""
-    tools()
-    if not (SMOLLM2 / "model.safetensors").is_file():
-        missing(f"{SMOLLM2} is missing; run `make smollm2`")
-    out = tmp_path / "budget.gguf"
-    run = _gguf_budget_run(
-        "command=export",
-        "budget=4.6",
-        "calib.samples=1",
-        "calib.seq_len=64",
-        f"export.out={out}",
-        "export.check=false",
-        f"paths.results={tmp_path}",
-        "tracking=none",
-    )
-    manifest = run_export(run)
+    manifest = _budget_export(tmp_path, "budget.gguf")
     planned = manifest["plan_source"]["planned"]
     assert set(manifest["plan"]) == {2, 4}  # a real mixture, not one width
     assert manifest["file_bits_equal_plan"]
@@ -307,22 +314,7 @@ def test_a_budget_in_gguf_bits_exports_to_a_file_with_the_plans_bits(tmp_path):
 def test_a_budget_over_linear_units_exports_to_a_file_with_the_plans_bits(tmp_path):
     """allocate.unit=linear on SmolLM2 in GGUF bits (a cheap sensitivity table): the plan
     mixes widths inside blocks and every block of the file holds the plan's bits."""
-    tools()
-    if not (SMOLLM2 / "model.safetensors").is_file():
-        missing(f"{SMOLLM2} is missing; run `make smollm2`")
-    out = tmp_path / "linear.gguf"
-    run = _gguf_budget_run(
-        "command=export",
-        "budget=4.6",
-        "allocate.unit=linear",
-        "calib.samples=1",
-        "calib.seq_len=64",
-        f"export.out={out}",
-        "export.check=false",
-        f"paths.results={tmp_path}",
-        "tracking=none",
-    )
-    manifest = run_export(run)
+    manifest = _budget_export(tmp_path, "linear.gguf", "allocate.unit=linear")
     planned = manifest["plan_source"]["planned"]
     assert any(isinstance(b, list) for b in manifest["plan"])  # linears differ in a block
     assert manifest["file_bits_equal_plan"]

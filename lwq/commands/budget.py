@@ -21,7 +21,7 @@ from lwq.errors import LwqError
 from lwq.export.gguf_sizes import GgufFileSizes
 from lwq.plan import Plan
 from lwq.quant.cost import SizeTable
-from lwq.units import Unit, check_ties, make_units, plan_of, short
+from lwq.units import Unit, check_ties, linear_counts, make_units, plan_of, short, tied_labels
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,7 @@ class Budget:
 
     def plan(self, unit_bits) -> Plan:
         """The model's plan giving each unit its width."""
-        return plan_of(self.units, tuple(unit_bits), self.n_linears)
-
-    @property
-    def n_linears(self) -> list[int]:
-        blocks = max(u.block for u in self.units) + 1
-        return [sum(len(u.linears) for u in self.units if u.block == i) for i in range(blocks)]
+        return plan_of(self.units, tuple(unit_bits), linear_counts(self.units))
 
 
 def budget_units(run: RunConfig, sizes: SizeTable) -> list[Unit]:
@@ -99,7 +94,7 @@ def allocation_budget(run: RunConfig, sizes: SizeTable) -> Budget:
         limit = math.floor(run.budget.avg_bits * sum(table.weights) / 8 + 1e-9)
     if not by_blocks:
         target["unit"] = run.budget.unit
-        ties = sorted({u.name.split(".", 1)[1] for u in units if "+" in u.name})
+        ties = tied_labels(units)
         if ties:
             target["ties"] = ties
     if file_format is not None:

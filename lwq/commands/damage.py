@@ -19,7 +19,7 @@ from lwq.metrics.cache import load_cached
 from lwq.metrics.sensitivity import CalibrationKL
 from lwq.plan import Plan
 from lwq.quant.base import FULL_PRECISION
-from lwq.units import Unit, unit_bits_of
+from lwq.units import Unit, linear_counts, unit_bits_of
 
 
 class DamageMeter:
@@ -28,8 +28,7 @@ class DamageMeter:
     def __init__(self, ctx, table: dict[str, tuple[float, ...]], units: list[Unit]) -> None:
         self.table = table
         self.units = units
-        blocks = len(ctx.blocks)
-        self.n_linears = [sum(len(u.linears) for u in units if u.block == i) for i in range(blocks)]
+        self.n_linears = linear_counts(units, len(ctx.blocks))
         memory = ctx.logits_memory or 0.25
         self.reference = CalibrationKL.of(ctx.model, ctx.calibration(), 8, memory)  # as loaded
 

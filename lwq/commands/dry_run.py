@@ -36,6 +36,7 @@ from lwq.modeling.load import (
 from lwq.quant.cost import SizeTable
 from lwq.results.store import RecordStore
 from lwq.runtime import DTYPES
+from lwq.units import tied_labels
 
 GB = 1e9
 FLOAT32 = 4
@@ -76,7 +77,7 @@ def run_dry(run: RunConfig) -> dict:
         allocated = next((p.point for p in planned if p.point.kind == "allocated"), None)
         print(describe_budget(run, sizes, None if allocated is None else allocated.plan.bits))
         units, widths = budget_units(run, sizes), len(run.budget.allowed_bits)
-        ties = sorted({u.name.split(".", 1)[1] for u in units if "+" in u.name})
+        ties = tied_labels(units)
         print(
             f"allocation units: {len(units)} ({run.budget.unit}"
             + (f", tied {', '.join(ties)}" if ties else "")

@@ -36,7 +36,7 @@ import torch
 from lwq.errors import LwqError
 from lwq.modeling.blocks import block_linears
 from lwq.modeling.capture import BlockInputs
-from lwq.plan import Plan
+from lwq.plan import Plan, entry_widths
 from lwq.quant.base import BLOCK, FULL_PRECISION, LINEAR, Backend
 from lwq.quant.store import Built, Originals, VariantStore
 
@@ -243,9 +243,7 @@ def quantize_linears(block: torch.nn.Module, backend: Backend, bits, where: str 
     """Quantize every linear of `block` (mutated: the backend's modules installed by name),
     all at `bits` or each at its own width (a tuple in `block_linears` order)."""
     linears = block_linears(block)
-    widths = bits if isinstance(bits, tuple) else (bits,) * len(linears)
-    if len(widths) != len(linears):
-        raise LwqError(f"{where}has {len(linears)} linears; the plan gives {len(widths)} widths")
+    widths = entry_widths(bits, len(linears), where.strip() or "a block")
     for (name, module), width in zip(linears, widths, strict=True):
         try:
             installed = backend.quantize(module, width)

@@ -25,6 +25,7 @@ import torch
 from lwq.errors import LwqError
 from lwq.modeling.blocks import block_linears, linear_shape
 from lwq.modeling.capture import BlockInputs
+from lwq.plan import entry_widths
 from lwq.quant.base import (
     BACKENDS,
     BLOCK,
@@ -125,7 +126,7 @@ class GPTQBackend:
         if bits == FULL_PRECISION:
             return block
         linears = dict(block_linears(block))
-        width = _widths(bits, list(linears))
+        width = dict(zip(linears, entry_widths(bits, len(linears)), strict=True))
         for name, module in linears.items():
             self._check_shape(name, as_linear(self.name, module))
         groups = _input_groups(block, inputs, linears) if self.true_sequential else [[*linears]]
@@ -259,14 +260,6 @@ class GPTQBackend:
         packed.pack(linear, scale, zero, g_idx)
         packed.post_init()
         return packed.to(linear.weight.device).eval()
-
-
-def _widths(bits: int | tuple[int, ...], names: list[str]) -> dict[str, int]:
-    """Each linear's width, by name."""
-    widths = bits if isinstance(bits, tuple) else (bits,) * len(names)
-    if len(widths) != len(names):
-        raise LwqError(f"the plan gives {len(widths)} widths to a block of {len(names)} linears")
-    return dict(zip(names, widths, strict=True))
 
 
 def _input_groups(block, inputs: BlockInputs, linears: dict) -> list[list[str]]:
