@@ -231,12 +231,13 @@ def test_calibrated_blocks_are_built_once_and_shared_through_the_store(tmp_path,
 def test_true_sequential_groups_linears_by_their_shared_input(model_and_ids):
     """q, k, v read one tensor, o its attention output, gate and up one tensor, down
     their product: four groups, in the order they run, found without knowing names."""
-    from lwq.quant.gptq import _input_groups
+    from lwq.quant.gptq import _call_order
 
     model, blocks, ids = model_and_ids
     inputs = BlockInputs.capture(model, blocks, ids)
     linears = dict(block_linears(blocks[0]))
-    groups = _input_groups(blocks[0], inputs, linears)
+    groups, once = _call_order(blocks[0], inputs, linears)
+    assert once
     short = [[name.rsplit(".", 1)[-1] for name in group] for group in groups]
     assert short == [
         ["q_proj", "k_proj", "v_proj"],
@@ -244,6 +245,31 @@ def test_true_sequential_groups_linears_by_their_shared_input(model_and_ids):
         ["gate_proj", "up_proj"],
         ["down_proj"],
     ]
+
+
+def test_forwards_cut_after_the_group_build_the_same_block(model_and_ids, monkeypatch):
+    """Each group's calibration forwards stop once its last linear has read its input:
+    the packed block equals the one whole forwards give, bit for bit, with fewer
+    linears run."""
+    from lwq.quant import gptq
+
+    model, blocks, ids = model_and_ids
+    whole_feed = gptq._feed
+    built, calls = {}, []
+    for cut in (True, False):
+        if not cut:
+            monkeypatch.setattr(
+                gptq, "_feed", lambda block, inputs, last: whole_feed(block, inputs, None)
+            )
+        inputs = BlockInputs.capture(model, blocks, ids)
+        block = copy.deepcopy(blocks[0])
+        for _, linear in block_linears(block):
+            linear.register_forward_hook(lambda *_, cut=cut: calls.append(cut))
+        _gptq().quantize(block, 3, inputs)
+        built[cut] = block.state_dict()
+    assert built[True].keys() == built[False].keys()
+    assert all(torch.equal(built[True][k], built[False][k]) for k in built[True])
+    assert 0 < calls.count(True) < calls.count(False)
 
 
 def test_true_sequential_changes_the_later_groups_only(model_and_ids):

@@ -17,6 +17,7 @@ model, or those of the already-quantized blocks before it) is the engine's choic
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -121,7 +122,8 @@ class GPTQBackend:
 
         `bits` is one width, or one per linear in `block_linears` order (16: that linear is
         left as loaded). `inputs` are the hidden states entering this block; the block runs
-        them once per group of linears (once in all without true_sequential).
+        them once per group of linears (once in all without true_sequential), each forward
+        only as far as the group's last linear.
         """
         if bits == FULL_PRECISION:
             return block
@@ -129,7 +131,8 @@ class GPTQBackend:
         width = dict(zip(linears, entry_widths(bits, len(linears)), strict=True))
         for name, module in linears.items():
             self._check_shape(name, as_linear(self.name, module))
-        groups = _input_groups(block, inputs, linears) if self.true_sequential else [[*linears]]
+        order, once = _call_order(block, inputs, linears)
+        groups = order if self.true_sequential else [[n for g in order for n in g]]
         if sorted(n for g in groups for n in g) != sorted(linears):  # never skip a linear
             raise LwqError(f"GPTQ found linears {groups} in a block holding {sorted(linears)}")
         groups = [[n for n in g if width[n] != FULL_PRECISION] for g in groups]
@@ -140,8 +143,8 @@ class GPTQBackend:
                 linears[name].register_forward_pre_hook(self._collector(tasks[name]))
                 for name in group
             ]
-            try:
-                inputs.run(block)
+            try:  # a linear called twice a forward needs every call: then the whole block
+                _feed(block, inputs, linears[group[-1]] if once else None)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -262,10 +265,10 @@ class GPTQBackend:
         return packed.to(linear.weight.device).eval()
 
 
-def _input_groups(block, inputs: BlockInputs, linears: dict) -> list[list[str]]:
+def _call_order(block, inputs: BlockInputs, linears: dict) -> tuple[list[list[str]], bool]:
     """The block's linears in the order they run, those reading the same input tensor
-    (q, k and v; gate and up) in one group; found by running the first calibration batch
-    once, so any family's naming works."""
+    (q, k and v; gate and up) in one group, and whether each runs exactly once a forward;
+    found by running the first calibration batch once, so any family's naming works."""
     seen: list[tuple[str, torch.Tensor]] = []  # the tensors are held, so ids are not reused
 
     def recorder(name):
@@ -288,7 +291,31 @@ def _input_groups(block, inputs: BlockInputs, linears: dict) -> list[list[str]]:
             groups[-1].append(name)
         else:
             groups.append([name])
-    return groups
+    return groups, sorted(name for name, _ in seen) == sorted(linears)
+
+
+class _Enough(Exception):
+    """Raised once the linears being calibrated have read their input: the rest of the
+    block's forward would compute nothing GPTQ uses."""
+
+
+def _feed(block, inputs: BlockInputs, last: torch.nn.Module | None) -> None:
+    """Every calibration batch into `block`, each forward cut short once `last` has read
+    its input (the collectors, registered before this hook, run first). Cutting changes
+    no number: everything GPTQ reads is computed before the cut, as in a whole forward;
+    it saves most of a block's forwards (q/k/v need only the norm before them)."""
+
+    def enough(module, args):
+        raise _Enough
+
+    handle = None if last is None else last.register_forward_pre_hook(enough)
+    try:
+        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[inputs.index], strict=True):
+            with contextlib.suppress(_Enough):
+                block(hidden, **kwargs)
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def _packed_bytes(module: torch.nn.Module) -> int:
