@@ -208,3 +208,19 @@ def test_lm_evals_requests_are_answered_a_few_positions_at_a_time(which, ref_mod
     assert bounded[5][1] and not bounded[0][1]  # the argmax continuation, a random one
     for (ours, _), (theirs, _) in zip(bounded, whole, strict=True):
         assert ours == pytest.approx(theirs, rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [None, 0.125])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_logits_written_into_a_buffer_equal_the_output_layer_bit_for_bit(scale, with_bias):
+    """The reused buffer (sensitivity, plan search) gets the numbers of the model's own
+    output layer: mm or addmm as its forward, a logit scale (Cohere's) applied alike."""
+    head = OutputHead(shrunk_model("llama"))
+    head.scale = scale
+    if with_bias:
+        head.output.bias = torch.nn.Parameter(torch.randn(head.vocab))
+    hidden = torch.randn(37, head.output.in_features)
+    buffer = torch.full((40, head.vocab), float("nan"))
+    written = head.logits_into(hidden, buffer[:37])
+    assert written.data_ptr() == buffer.data_ptr()
+    assert torch.equal(written, head.logits(hidden))

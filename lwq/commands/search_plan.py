@@ -26,7 +26,7 @@ from lwq.claims import computed_once
 from lwq.metrics.sensitivity import CalibrationKL
 from lwq.modeling.prefix import PrefixCache
 from lwq.plan import Plan
-from lwq.runtime import digest
+from lwq.runtime import digest, freed_after
 from lwq.search import Problem, SearchSettings, search
 
 SEARCH_VERSION = 1  # of the fitness; bump when what a plan's score means changes
@@ -79,6 +79,7 @@ def searched_plan(
     def cached():
         return json.loads(result_file.read_text()) if result_file.is_file() else None
 
+    @freed_after()  # its fitness calls leave the heap's pages for the next
     def compute():
         started = time.time()
         fitness = PlanFitness(ctx, settings, to_plan)

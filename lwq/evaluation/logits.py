@@ -81,6 +81,25 @@ class OutputHead:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits.float()
 
+    @torch.no_grad()
+    def logits_into(self, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`logits(hidden)` of (N, D) states written into `out`, float32 (N, V), and
+        returned: the same operations as the output layer's forward (addmm, or mm without
+        a bias), so the same numbers, without a fresh tensor per chunk (83 MB for SmolLM2
+        at the default bound: its pages faulted in anew each time)."""
+        weight, bias = self.output.weight, self.output.bias
+        if weight.dtype != torch.float32 or hidden.dim() != 2 or hidden.dtype != weight.dtype:
+            return out.copy_(self.logits(hidden))
+        if bias is None:
+            torch.mm(hidden, weight.t(), out=out)
+        else:
+            torch.addmm(bias, hidden, weight.t(), out=out)
+        if self.scale is not None:
+            out.mul_(self.scale)
+        if self.softcap is not None:
+            out.div_(self.softcap).tanh_().mul_(self.softcap)
+        return out
+
     def logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.logits(hidden), dim=-1)
 
