@@ -251,15 +251,13 @@ def test_forwards_cut_after_the_group_build_the_same_block(model_and_ids, monkey
     """Each group's calibration forwards stop once its last linear has read its input:
     the packed block equals the one whole forwards give, bit for bit, with fewer
     linears run."""
-    from lwq.quant import gptq
-
     model, blocks, ids = model_and_ids
-    whole_feed = gptq._feed
+    feed = BlockInputs.feed
     built, calls = {}, []
     for cut in (True, False):
         if not cut:
             monkeypatch.setattr(
-                gptq, "_feed", lambda block, inputs, last: whole_feed(block, inputs, None)
+                BlockInputs, "feed", lambda self, block, until=None: feed(self, block)
             )
         inputs = BlockInputs.capture(model, blocks, ids)
         block = copy.deepcopy(blocks[0])

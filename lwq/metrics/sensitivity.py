@@ -105,9 +105,7 @@ class CalibrationKL:
             pulled = torch.empty_like(hidden)
             lse = torch.empty(len(hidden), dtype=torch.float64, device=hidden.device)
             for part in chunks(len(hidden), rows):
-                logits, wide = self._chunk(part, hidden.device)
-                logits = head.logits_into(hidden[part], logits)
-                picked = logits.gather(-1, targets[part, None]).squeeze(-1)
+                logits, wide, picked = self._chunk(hidden, targets, part)
                 lse[part] = _logsumexp_(logits.clone(), wide)  # once: logits kept for probs
                 nll += (lse[part] - picked).sum().item()
                 probs = logits.sub_(lse[part].float().unsqueeze(-1)).exp_()
@@ -118,17 +116,20 @@ class CalibrationKL:
             tokens += len(targets)
         self.nll = nll / tokens
 
-    def _chunk(self, part: slice, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(float32, float64) (rows of `part`, V) views of two buffers every chunk reuses:
-        its logits, and their exp terms widened (3 float32s a logit: the memory bound)."""
-        n = part.stop - part.start
+    def _chunk(self, hidden: torch.Tensor, targets: torch.Tensor, part: slice):
+        """(logits, a float64 buffer of their shape, the targets' logits) of the positions
+        `part`: the logits written into a buffer every chunk reuses, with the other one
+        for their exp terms widened (3 float32s a logit: the memory bound)."""
+        n, device = part.stop - part.start, hidden.device
         if self._buffers is None or len(self._buffers[0]) < n or self._buffers[0].device != device:
             shape = (n, self.head.vocab)
             self._buffers = (
                 torch.empty(shape, device=device),
                 torch.empty(shape, dtype=torch.float64, device=device),
             )
-        return self._buffers[0][:n], self._buffers[1][:n]
+        logits = self.head.logits_into(hidden[part], self._buffers[0][:n])
+        picked = logits.gather(-1, targets[part, None]).squeeze(-1)
+        return logits, self._buffers[1][:n], picked
 
     @classmethod
     def of(cls, model, calibration: torch.Tensor, batch_size: int, logits_memory: float):
@@ -156,9 +157,7 @@ class CalibrationKL:
             kl += (self.dot[n].sum() - (pulled.double() * hidden.double()).sum()).item()
             kl -= self.lse[n].sum().item()
             for part in chunks(len(hidden), self.rows):
-                logits, wide = self._chunk(part, hidden.device)
-                logits = self.head.logits_into(hidden[part], logits)
-                picked = logits.gather(-1, targets[part, None]).squeeze(-1)
+                logits, wide, picked = self._chunk(hidden, targets, part)
                 lse = _logsumexp_(logits, wide)
                 kl += lse.sum().item()
                 nll += (lse - picked).sum().item()

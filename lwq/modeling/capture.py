@@ -19,7 +19,12 @@ from lwq.errors import LwqError
 
 
 class _Stop(Exception):
-    """Raised by the hook on the last block: the rest of the model is not needed."""
+    """Raised by a pre-hook (the last block's in `capture`, a linear's in `feed`): the rest
+    of the forward is not needed."""
+
+
+def _stop(module, args) -> None:
+    raise _Stop
 
 
 def _hidden(value) -> torch.Tensor:
@@ -90,6 +95,21 @@ class BlockInputs:
         """`block` (standing at position `index`) applied to every batch."""
         kwargs = self.kwargs[self.index]
         return [_hidden(block(h, **kw)) for h, kw in zip(self.hidden, kwargs, strict=True)]
+
+    @torch.no_grad()
+    def feed(self, block: torch.nn.Module, until: torch.nn.Module | None = None) -> None:
+        """Every batch into `block` (standing at `index`) for its hooks, outputs dropped;
+        with `until`, each forward stops once that module is called (its pre-hooks
+        registered before run first). What is computed before the stop equals a whole
+        forward's, so a calibrator reading inputs up to `until` gets the same numbers."""
+        handle = None if until is None else until.register_forward_pre_hook(_stop)
+        try:
+            for hidden, kwargs in zip(self.hidden, self.kwargs[self.index], strict=True):
+                with contextlib.suppress(_Stop):
+                    block(hidden, **kwargs)
+        finally:
+            if handle is not None:
+                handle.remove()
 
     def advance(self, block: torch.nn.Module) -> None:
         """Become the inputs of the next block, through `block` at the current position."""

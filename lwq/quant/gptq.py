@@ -17,7 +17,6 @@ model, or those of the already-quantized blocks before it) is the engine's choic
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 
@@ -143,8 +142,8 @@ class GPTQBackend:
                 linears[name].register_forward_pre_hook(self._collector(tasks[name]))
                 for name in group
             ]
-            try:  # a linear called twice a forward needs every call: then the whole block
-                _feed(block, inputs, linears[group[-1]] if once else None)
+            try:  # cut after the group; a linear called twice a forward needs every call
+                inputs.feed(block, until=linears[group[-1]] if once else None)
             finally:
                 for handle in handles:
                     handle.remove()
@@ -292,30 +291,6 @@ def _call_order(block, inputs: BlockInputs, linears: dict) -> tuple[list[list[st
         else:
             groups.append([name])
     return groups, sorted(name for name, _ in seen) == sorted(linears)
-
-
-class _Enough(Exception):
-    """Raised once the linears being calibrated have read their input: the rest of the
-    block's forward would compute nothing GPTQ uses."""
-
-
-def _feed(block, inputs: BlockInputs, last: torch.nn.Module | None) -> None:
-    """Every calibration batch into `block`, each forward cut short once `last` has read
-    its input (the collectors, registered before this hook, run first). Cutting changes
-    no number: everything GPTQ reads is computed before the cut, as in a whole forward;
-    it saves most of a block's forwards (q/k/v need only the norm before them)."""
-
-    def enough(module, args):
-        raise _Enough
-
-    handle = None if last is None else last.register_forward_pre_hook(enough)
-    try:
-        for hidden, kwargs in zip(inputs.hidden, inputs.kwargs[inputs.index], strict=True):
-            with contextlib.suppress(_Enough):
-                block(hidden, **kwargs)
-    finally:
-        if handle is not None:
-            handle.remove()
 
 
 def _packed_bytes(module: torch.nn.Module) -> int:
