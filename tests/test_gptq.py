@@ -138,6 +138,7 @@ def test_a_block_backend_needs_the_inputs_entering_the_block(model_and_ids):
     ("setting", "value", "phrase"),
     [
         ("group_size", 48, "multiple of 32"),
+        ("group_size", -1, r"0 \(per channel\)"),
         ("inputs", "both", "full_precision, sequential"),
         ("damp_percent", 0.0, r"in \(0, 1\)"),
         ("mse", -1.0, r"0 \(off\) or a norm"),
@@ -285,6 +286,25 @@ def test_true_sequential_changes_the_later_groups_only(model_and_ids):
     for name in built[True]:
         same = torch.equal(built[True][name], built[False][name])
         assert same == name.endswith(("q_proj", "k_proj", "v_proj")), name
+
+
+def test_group_size_0_packs_one_scale_and_zero_a_row(model_and_ids):
+    """Per output channel (GPTQ's group_size -1): each packed linear holds one scale a row,
+    every input column in group 0, the bytes counted are the bytes held, and its weights
+    differ from g128's wherever an input is wider than 128."""
+    model, blocks, ids = model_and_ids
+    inputs = BlockInputs.capture(model, blocks, ids)
+    backend = _gptq(group_size=0, eval_dequantized=False)
+    built = backend.quantize(copy.deepcopy(blocks[0]), 3, inputs)
+    grouped = _gptq(eval_dequantized=False).quantize(copy.deepcopy(blocks[0]), 3, inputs)
+    for name, original in block_linears(blocks[0]):
+        packed = built.get_submodule(name)
+        assert packed.scales.shape == (1, original.out_features), name
+        assert not packed.g_idx.any(), name
+        assert backend.held_bytes(packed) == backend.weight_bytes(original, 3), name
+    down = built.mlp.down_proj.dequantize_weight()
+    assert not torch.equal(down, grouped.mlp.down_proj.dequantize_weight())  # 384 wide
+    assert backend.checkpoint_settings()["group_size"] == -1
 
 
 def test_a_mixed_block_packs_each_linear_at_its_width_on_full_precision_inputs(model_and_ids):

@@ -79,6 +79,22 @@ def test_conv1d_groups_along_its_input_dim():
     assert torch.allclose(conv.weight.t(), linear.weight)
 
 
+def test_group_size_0_is_one_group_a_row():
+    """Per output channel: each row on the grid of its own whole range, and the bytes of
+    one scale and one zero point a row."""
+    layer, original = (
+        _linear(out_features=16, in_features=200),
+        _linear(out_features=16, in_features=200),
+    )
+    rtn = make_backend("rtn", group_size=0)
+    rtn.quantize(layer, 3)
+    assert torch.equal(layer.weight, quantize_rows(original.weight.detach(), 3, 200))
+    assert not torch.equal(layer.weight, quantize_rows(original.weight.detach(), 3, 128))
+    assert rtn.weight_bytes(layer, 3) == (16 * 200 * 3 + 16 * (16 + 3)) // 8 + 16 * 2
+    with pytest.raises(LwqError, match="0 \\(per channel\\) or positive"):
+        make_backend("rtn", group_size=-1)
+
+
 def test_ragged_width_is_quantized_not_skipped():
     w = torch.randn(8, 100)
     q = quantize_rows(w, 2, 64)

@@ -143,12 +143,11 @@ def _export_gptq(run: RunConfig) -> dict:
     # the packed linears themselves rather than their evaluated form: the same blocks, so
     # the cached variants still serve
     ctx.applier(packed=True).apply(plan)
-    settings = ctx.backend.settings()
     if run.quant.name == "slider":  # merged linears on their grid: packed here
         for block, bits in zip(ctx.blocks, plan.bits, strict=True):
             if bits != FULL_PRECISION:
                 ctx.backend.pack(block, bits)
-        settings = ctx.backend.checkpoint_settings()
+    settings = ctx.backend.checkpoint_settings()
     config = gptq_checkpoint.write(
         ctx.model, ctx.tokenizer, ctx.blocks, plan, settings, Path(out), ctx.sizes.linear_names
     )

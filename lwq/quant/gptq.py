@@ -76,8 +76,11 @@ class GPTQBackend:
         true_sequential: bool = True,
         mse: float = 0.0,
     ) -> None:
-        if group_size < PACK_MULTIPLE or group_size % PACK_MULTIPLE:
-            raise LwqError(f"quant.settings.group_size must be a multiple of 32, got {group_size}")
+        if group_size < 0 or group_size % PACK_MULTIPLE:
+            raise LwqError(
+                "quant.settings.group_size must be 0 (per channel) or a multiple of 32, "
+                f"got {group_size}"
+            )
         if inputs not in INPUT_MODES:
             raise LwqError(
                 f"quant.settings.inputs must be one of {', '.join(INPUT_MODES)}, got {inputs!r}"
@@ -101,6 +104,15 @@ class GPTQBackend:
                 f"got {eval_dequantized!r}"
             )
         self.eval_dequantized = eval_dequantized
+
+    @property
+    def library_group_size(self) -> int:
+        """gptqmodel's (and a GPTQ checkpoint's) spelling: -1 for one group a row."""
+        return self.group_size or -1
+
+    def checkpoint_settings(self) -> dict:
+        """What a GPTQ checkpoint of these blocks declares."""
+        return {**self.settings(), "group_size": self.library_group_size}
 
     def settings(self) -> dict:
         return {
@@ -205,7 +217,7 @@ class GPTQBackend:
     def _empty(self, packed_type, linear: torch.nn.Linear, bits: int) -> torch.nn.Module:
         return packed_type(
             bits=bits,
-            group_size=self.group_size,
+            group_size=self.library_group_size,
             sym=self.sym,
             desc_act=self.act_order,
             in_features=linear.in_features,
@@ -221,7 +233,7 @@ class GPTQBackend:
         if bits == FULL_PRECISION:
             return full_precision_bytes(module)
         out_features, in_features = linear_shape(module)
-        groups = math.ceil(in_features / self.group_size)
+        groups = math.ceil(in_features / (self.group_size or in_features))
         codes = in_features * out_features * bits // 8
         zeros = groups * math.ceil(out_features * bits / PACK_MULTIPLE) * INT32
         scales = groups * out_features * FLOAT16
@@ -230,12 +242,15 @@ class GPTQBackend:
     def _config(self, bits: int) -> dict:
         return {
             "bits": bits,
-            "group_size": self.group_size,
+            "group_size": self.library_group_size,
             "sym": self.sym,
             "desc_act": self.act_order,
             "damp_percent": self.damp_percent,
             "mse": self.mse,
             "offload_to_disk": False,
+            # gptqmodel's group-aware reordering (on by default) needs groups; one group a
+            # row is the plain GPTQ column order
+            **({} if self.group_size else {"act_group_aware": False}),
         }
 
     def _check_shape(self, name: str, linear: torch.nn.Linear) -> None:

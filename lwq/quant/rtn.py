@@ -78,8 +78,10 @@ class RTN:
     contract = ContractCase(lambda: torch.nn.Embedding(16, 64), 4, "neither nn.Linear nor Conv1D")
 
     def __init__(self, group_size: int = 128, range: str = "include_zero") -> None:  # noqa: A002 - the config key
-        if group_size < 1:
-            raise LwqError(f"quant.group_size must be a positive integer, got {group_size}")
+        if group_size < 0:
+            raise LwqError(
+                f"quant.settings.group_size must be 0 (per channel) or positive, got {group_size}"
+            )
         if range not in RANGES:
             raise LwqError(f"quant.range={range} is not a range; use one of {', '.join(RANGES)}")
         self.group_size = group_size
@@ -98,7 +100,7 @@ class RTN:
         dim = input_dim(module)
         w = module.weight.data.float()
         w = w if dim == 1 else w.t()  # (out, in)
-        q = quantize_rows(w, bits, self.group_size, self.range)
+        q = quantize_rows(w, bits, self.group_size or w.shape[1], self.range)
         q = q if dim == 1 else q.t()
         module.weight.data.copy_(q.to(module.weight.dtype))
         setattr(module, BITS_ATTR, bits)
@@ -113,7 +115,7 @@ class RTN:
             return full_precision_bytes(module)
         width = weight.shape[input_dim(module)]
         rows = weight.numel() // width
-        groups = rows * math.ceil(width / self.group_size)
+        groups = rows * math.ceil(width / (self.group_size or width))
         offset_bits = 16 if self.range == "minmax" else bits  # float16 minimum or integer zero
         payload_bits = weight.numel() * bits + groups * (16 + offset_bits)
         return math.ceil(payload_bits / 8) + bias_bytes(module)
