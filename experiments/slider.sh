@@ -6,9 +6,10 @@
 # All three calibrate on the same sequences (slider's CPU preset, below); held-out
 # perplexity and KL to the unquantized model on the model's eval text; each record has
 # its calibration seconds (`quantize_seconds`) and peak memory (`quantize_memory`).
-# ref-tiny adds slider's epochs (4, 20, 60) and a 4x larger calibration set at 2 bits per
-# channel; SmolLM2 adds a 4 -> 2 ldi sweep at group 128 with slider beside GPTQ (k = 0,
-# 15, 30: each point is a calibration of its own plan).
+# ref-tiny adds slider's epochs (4, 20, 60) and a 4x larger calibration set (for slider
+# and gptq) at 2 bits per channel; SmolLM2 adds slider at 3x the epochs (2 bits, group
+# 128) and a 4 -> 2 ldi sweep at group 128 with slider beside GPTQ (k = 0, 15, 30: each
+# point is a calibration of its own plan).
 # Records go to $LWQ_RESULTS (default results/slider); points already recorded are
 # skipped (a killed slider calibration resumes from its last window), so a rerun resumes.
 # `experiments/slider_table.py MODEL` prints the table; copy the records to
@@ -43,8 +44,12 @@ case $model in
     two=(sweep.high=3 sweep.low=2 "sweep.fractions=[1]" quant=slider quant.settings.group_size=0)
     run "${two[@]}" quant.settings.epochs=4
     run "${two[@]}" quant.settings.epochs=60
-    run "${two[@]}" "quant.settings.epochs=$epochs" calib.samples=64 ;;
-  smollm2-135m)
+    run "${two[@]}" "quant.settings.epochs=$epochs" calib.samples=64
+    run sweep.high=3 sweep.low=2 "sweep.fractions=[1]" "${gptq[@]}" quant.settings.group_size=0 \
+      calib.samples=64 ;;  # GPTQ given the same larger set
+  smollm2-135m)  # three times the epochs at 2 bits, group 128
+    run sweep.high=3 sweep.low=2 "sweep.fractions=[1]" quant=slider quant.settings.group_size=128 \
+      "quant.settings.epochs=$((3 * epochs))"
     run "${gptq[@]}" "sweep.blocks=[0,15,30]"
     run "${slider[@]}" quant.settings.group_size=128 "sweep.blocks=[0,15,30]" ;;
 esac

@@ -17,6 +17,6 @@ def run_scores(run: RunConfig) -> dict:
     origin = "cached" if was_cached else "computed"
     print(f"{run.metric.name} scores of {run.model.name} ({origin}):")
     for i, value in enumerate(scores.values):
-        print(f"  block {i:3d}  {value:.6f}  rank {order.index(i)}")
+        print(f"  block {i:3d}  {value:.6g}  rank {order.index(i)}")
     print("least -> most important:", order)
     return {"scores": list(scores.values), "ranking": order}
