@@ -11,7 +11,7 @@ model=${1:-ref-tiny}; shift || true
 export LWQ_RESULTS=${LWQ_RESULTS:-results/slider}
 case $model in
   ref-tiny) calib=(calib.samples=16 calib.seq_len=128); epochs=20 ;;
-  smollm2-135m) calib=(calib.samples=8 calib.seq_len=128); epochs=2 ;;  # the cheapest preset
+  smollm2-135m) calib=(calib.samples=8 calib.seq_len=128); epochs=8 ;;  # the study's preset
   *) echo "usage: experiments/slider_sensitivity.sh [ref-tiny|smollm2-135m] [overrides...]" >&2; exit 2 ;;
 esac
 out=experiments/records/slider/$model

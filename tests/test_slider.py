@@ -104,20 +104,45 @@ def test_bf16_autocast_is_a_setting_that_changes_the_result_not_the_grid(first_b
     assert any(not torch.equal(a, b) for _, a, b in pairs)  # the bf16 passes were used
 
 
-def test_merged_blocks_pack_into_gptq_linears_on_the_same_grid(first_blocks):
+def test_a_short_last_group_has_a_grid_of_its_own_columns():
+    """200 inputs in groups of 64: three whole groups and one of 8 columns, which gets
+    its own scale and zero point from those 8 (all positive here, so padding them to a
+    whole group with zeros would have moved its minimum) and its weights on that grid."""
+    torch.manual_seed(0)
+    weight = torch.randn(16, 200)
+    weight[:, 192:] = weight[:, 192:].abs() + 0.5
+    learned = LearnedWeight(weight, 3, 64, rank=4, init=4.0)
+    merged, scale, zero = learned.merged()
+    assert scale.shape == zero.shape == (16, 4) and merged.shape == weight.shape
+    clip = torch.sigmoid(torch.tensor(4.0))
+    tail = weight[:, 192:]
+    expected = clip * (tail.amax(1) - tail.amin(1)) / 7
+    torch.testing.assert_close(scale[:, 3], expected)
+    groups = torch.arange(200) // 64
+    codes = torch.round(merged / scale[:, groups] + zero[:, groups])
+    assert codes.min() >= 0 and codes.max() <= 7
+    torch.testing.assert_close((codes - zero[:, groups]) * scale[:, groups], merged)
+    assert (
+        make_backend("slider", group_size=64).weight_bytes(torch.nn.Linear(200, 16, bias=False), 3)
+        == (16 * 200 * 3 + 16 * 4 * (16 + 3)) // 8
+    )
+
+
+@pytest.mark.parametrize("group_size", [32, 256])  # 256: 384 inputs end in a group of 128
+def test_merged_blocks_pack_into_gptq_linears_on_the_same_grid(first_blocks, group_size):
     """The merge keeps each linear's grid; packed for a GPTQ checkpoint, every weight is
     its code on that grid (scales stored in float16, as GPTQ stores them)."""
     from lwq.quant.slider import SCALE_BUFFER, ZERO_BUFFER
 
     blocks, inputs = first_blocks
-    backend = make_backend("slider", epochs=2, group_size=32, windows="0-2")
+    backend = make_backend("slider", epochs=2, group_size=group_size, windows="0-2")
     bits = (2, 4, 3)
     out = backend.quantize(copy.deepcopy(blocks), bits, inputs.copy())
     for block, b in zip(out, bits, strict=True):
         grids = {}
         for name, linear in block_linears(block):
             scale, zero = getattr(linear, SCALE_BUFFER), getattr(linear, ZERO_BUFFER)
-            groups = torch.arange(linear.in_features) // 32
+            groups = torch.arange(linear.in_features) // group_size
             s, z = scale[:, groups], zero[:, groups]
             codes = torch.round(linear.weight / s + z)
             assert codes.min() >= 0 and codes.max() <= 2**b - 1, name
@@ -126,6 +151,6 @@ def test_merged_blocks_pack_into_gptq_linears_on_the_same_grid(first_blocks):
         backend.pack(block, b)
         for name, expected in grids.items():
             packed = block.get_submodule(name)
-            assert packed.bits == b and packed.group_size == 32, name
+            assert packed.bits == b and packed.group_size == group_size, name
             stored = packed.dequantize_weight().float().T  # (in, out) float16 -> (out, in)
             assert (stored - expected).abs().le(expected.abs() * 2**-10).all(), name

@@ -2,7 +2,8 @@
 together so the quantized window's output matches the full-precision window's.
 
 What is learned, per linear (as the authors' W2A16 mode): asymmetric per-output-channel
-(per-group with `group_size`) clipping, max and min scaled by sigmoid(u) and sigmoid(l)
+(per-group with `group_size`; a width that is not a multiple of it ends in one shorter
+group, as rtn's) clipping, max and min scaled by sigmoid(u) and sigmoid(l)
 (u = l = 4 at the start: 0.982), with straight-through rounding; and a rank-`rank` update
 inside the quantizer, W_q = Q(W + B A / rank), A Kaiming, B zero, the range recomputed
 from W + B A / rank at every forward. Two streams start from block 0's inputs at each pass:
@@ -83,7 +84,10 @@ class LearnedWeight(nn.Module):
         self.register_buffer("weight", weight.detach().float().clone())
         self.dtype = weight.dtype  # the merged weights go back to the loaded dtype
         self.bits, self.group_size, self.rate = bits, group_size or in_features, 1.0
-        rows = out_features * (in_features // self.group_size)
+        # a width that is not a multiple of the group ends in one shorter group (as rtn),
+        # padded to a whole group here and cut off again after rounding
+        self.groups = math.ceil(in_features / self.group_size)
+        rows = out_features * self.groups
         self.upper = nn.Parameter(torch.full((rows, 1), init))
         self.lower = nn.Parameter(torch.full((rows, 1), init))
         self.lora_a = nn.Parameter(torch.empty(rank, in_features))
@@ -93,15 +97,26 @@ class LearnedWeight(nn.Module):
 
     def _grid(self, clamp_zero: bool):
         w = self.weight + self.lora_scale * (self.lora_b @ self.lora_a)
-        groups = w.reshape(-1, self.group_size)
-        high = torch.sigmoid(self.upper) * groups.amax(1, keepdim=True)
-        low = torch.sigmoid(self.lower) * groups.amin(1, keepdim=True)
+        groups = self._grouped(w, 0.0)
+        ragged = groups.shape[0] * self.group_size != w.numel()  # extremes of real columns
+        top = self._grouped(w, -math.inf) if ragged else groups
+        bottom = self._grouped(w, math.inf) if ragged else groups
+        high = torch.sigmoid(self.upper) * top.amax(1, keepdim=True)
+        low = torch.sigmoid(self.lower) * bottom.amin(1, keepdim=True)
         levels = 2**self.bits - 1
         scale = ((high - low) / levels).clamp(*SCALE_LIMITS)
         zero = (-low / scale).clamp(-SCALE_LIMITS[1], SCALE_LIMITS[1]).round()
         if clamp_zero:
             zero = zero.clamp(0, levels)
         return w, groups, scale, zero, levels
+
+    def _grouped(self, w: torch.Tensor, fill: float) -> torch.Tensor:
+        """(rows x groups, group_size): `w`'s groups, a short last group padded with `fill`."""
+        pad = self.groups * self.group_size - w.shape[1]
+        return (F.pad(w, (0, pad), value=fill) if pad else w).reshape(-1, self.group_size)
+
+    def _ungrouped(self, groups: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return groups.reshape(like.shape[0], -1)[:, : like.shape[1]]
 
     def forward(self) -> torch.Tensor:
         with torch.autocast(self.weight.device.type, enabled=False):  # the grid in float32
@@ -110,7 +125,7 @@ class LearnedWeight(nn.Module):
     def _quantized(self) -> torch.Tensor:
         w, groups, scale, zero, levels = self._grid(clamp_zero=False)
         codes = (_round_ste(groups / scale) + zero).clamp(0, levels)
-        dequantized = ((codes - zero) * scale).reshape(w.shape)
+        dequantized = self._ungrouped((codes - zero) * scale, w)
         if self.rate >= 1:
             return dequantized
         cut = math.ceil(w.shape[1] * self.rate)  # first pass: the first columns only
@@ -122,8 +137,8 @@ class LearnedWeight(nn.Module):
         and the grid: per (output row, group) the scale and the zero point, float32."""
         w, groups, scale, zero, levels = self._grid(clamp_zero=True)
         codes = (torch.round(groups / scale) + zero).clamp(0, levels)
-        shape = (w.shape[0], w.shape[1] // self.group_size)
-        return ((codes - zero) * scale).reshape(w.shape), scale.view(shape), zero.view(shape)
+        shape = (w.shape[0], self.groups)
+        return self._ungrouped((codes - zero) * scale, w), scale.view(shape), zero.view(shape)
 
 
 class LearnedLinear(nn.Module):
@@ -143,9 +158,9 @@ class SliderQuant:
     resumes = True  # quantize takes `resume`: the engine hands it the plan's resume file
     supported_bits = frozenset({2, 3, 4, 8, FULL_PRECISION})
     contract = ContractCase(
-        lambda: nn.Linear(100, 64),
+        lambda: nn.Embedding(16, 64),
         4,
-        "group_size=32 must divide the input size 100",
+        "neither nn.Linear nor Conv1D",
         sweep_settings={"epochs": 2, "group_size": 32},
         settings={"epochs": 2, "group_size": 32},
     )
@@ -254,12 +269,6 @@ class SliderQuant:
         learned = []
         for name, module in block_linears(block):
             linear = as_linear(self.name, module)
-            size = self.group_size or linear.in_features
-            if linear.in_features % size:
-                raise LwqError(
-                    f"{name}: quant=slider group_size={size} must divide the input size "
-                    f"{linear.in_features}; use group_size=0 (per channel)"
-                )
             weight = LearnedWeight(linear.weight, bits, self.group_size, self.rank, self.clip_init)
             block.set_submodule(name, LearnedLinear(linear, weight))
             learned.append(weight)
@@ -347,7 +356,7 @@ class SliderQuant:
     def _learned(self, module: nn.Module) -> int:
         """Learned numbers of one linear: the rank update (A and B) and two clips a group."""
         linear = as_linear(self.name, module)
-        groups = linear.in_features // (self.group_size or linear.in_features)
+        groups = math.ceil(linear.in_features / (self.group_size or linear.in_features))
         out_features, in_features = linear.out_features, linear.in_features
         return self.rank * (in_features + out_features) + 2 * out_features * groups
 
@@ -436,12 +445,7 @@ class SliderQuant:
         if bits == FULL_PRECISION:
             return full_precision_bytes(module)
         in_features = as_linear(self.name, module).in_features
-        size = self.group_size or in_features
-        if in_features % size:
-            raise LwqError(
-                f"quant=slider group_size={size} must divide the input size {in_features}"
-            )
-        return RTN(group_size=size).weight_bytes(module, bits)
+        return RTN(group_size=self.group_size or in_features).weight_bytes(module, bits)
 
 
 def _copies(block: nn.Module, bits: int, dtype_bytes: int) -> int:
