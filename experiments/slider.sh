@@ -7,9 +7,9 @@
 # perplexity and KL to the unquantized model on the model's eval text; each record has
 # its calibration seconds (`quantize_seconds`) and peak memory (`quantize_memory`).
 # ref-tiny adds slider's epochs (4, 20, 60) and a 4x larger calibration set (for slider
-# and gptq) at 2 bits per channel; SmolLM2 adds slider at 3x the epochs (2 bits, group
-# 128) and a 4 -> 2 ldi sweep at group 128 with slider beside GPTQ (k = 0, 15, 30: each
-# point is a calibration of its own plan).
+# and gptq) at 2 bits per channel; SmolLM2 adds slider at 3x the epochs and both at 4x
+# the data (2 bits, group 128), and a 4 -> 2 ldi sweep at group 128 with slider beside
+# GPTQ (k = 0, 15, 30: each point is a calibration of its own plan).
 # Records go to $LWQ_RESULTS (default results/slider); points already recorded are
 # skipped (a killed slider calibration resumes from its last window), so a rerun resumes.
 # `experiments/slider_table.py MODEL` prints the table; copy the records to
@@ -47,9 +47,11 @@ case $model in
     run "${two[@]}" "quant.settings.epochs=$epochs" calib.samples=64
     run sweep.high=3 sweep.low=2 "sweep.fractions=[1]" "${gptq[@]}" quant.settings.group_size=0 \
       calib.samples=64 ;;  # GPTQ given the same larger set
-  smollm2-135m)  # three times the epochs at 2 bits, group 128
-    run sweep.high=3 sweep.low=2 "sweep.fractions=[1]" quant=slider quant.settings.group_size=128 \
-      "quant.settings.epochs=$((3 * epochs))"
+  smollm2-135m)  # at 2 bits, group 128: three times the epochs; four times the data
+    two=(sweep.high=3 sweep.low=2 "sweep.fractions=[1]" quant.settings.group_size=128)
+    run "${two[@]}" quant=slider "quant.settings.epochs=$((3 * epochs))"
+    run "${two[@]}" "${slider[@]}" calib.samples=32
+    run "${two[@]}" "${gptq[@]}" calib.samples=32
     run "${gptq[@]}" "sweep.blocks=[0,15,30]"
     run "${slider[@]}" quant.settings.group_size=128 "sweep.blocks=[0,15,30]" ;;
 esac
