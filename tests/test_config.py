@@ -98,7 +98,7 @@ BAD_INPUT = [
     (["+metric.settings.nope=1"], "nope is not a setting of metric ldi"),
     (["metric=zd", "metric.settings.direction=up"], "direction must be one of"),
     (["+metric.seeds=2"], "metric ldi has no seed"),
-    (["quant.settings.group_size=0"], "group_size must be a positive integer"),
+    (["quant.settings.group_size=-1"], "group_size must be 0 (per channel) or positive"),
     (["+quant.settings.bits=4"], "bits is not a setting of quant=rtn"),
     (["eval.tasks=[boolq]"], "eval.source=local has no data for task 'boolq'"),
     (["eval.local={piqa: {file: /no/such.jsonl}}", "eval.tasks=[piqa]"], "not found"),
