@@ -99,6 +99,22 @@ def test_a_window_backend_calibrates_once_per_plan_and_keys_blocks_by_their_reac
         applier.restore()
 
 
+def test_only_the_latest_plans_blocks_are_kept_in_memory():
+    """A sweep of a window backend calibrates one plan a point: the engine keeps the blocks
+    of the plan calibrated last, not of every point (SmolLM2: 405 MB a plan in float32)."""
+    blocks, backend, engine = _setup()
+    n = len(blocks)
+    plans = [Plan((4,) * n), Plan((2,) * 3 + (4,) * (n - 3)), Plan((2,) * n)]
+    applier = PlanApplier(blocks, engine)
+    try:
+        for plan in plans:
+            applier.apply(plan)
+            assert sorted(engine._kept) == sorted((i, *engine.key(i, plan)) for i in range(n))
+        assert backend.calibrations == [p.bits for p in plans]
+    finally:
+        applier.restore()
+
+
 def test_a_finished_window_calibration_is_read_back_from_the_store(tmp_path):
     store_dir = tmp_path / "variants"
     identity = {"model": "shrunk", "quant": {"name": "windowed"}}

@@ -191,6 +191,10 @@ class Engine:
         """Every block of `plan` calibrated together (a window backend). A backend that
         `resumes` gets the plan's resume file in the store: a killed calibration continues."""
         n = len(plan.bits)
+        # the blocks of plans calibrated before go first, before this calibration's peak:
+        # a sweep would otherwise hold every point's blocks in memory (a plan applied
+        # again comes back from the store, or is calibrated again without one)
+        self._kept.clear()
         resume = {}
         if self.store is not None and getattr(self.backend, "resumes", False):
             resume = {"resume": self.store.resume(tuple(plan.bits), n)}
