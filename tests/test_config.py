@@ -117,6 +117,10 @@ BAD_INPUT = [
     (["calib.seq_len=100000"], "calib.seq_len=100000 is longer than ref-tiny's context of 256"),
     (["eval.max_length=512"], "eval.max_length=512 is longer than ref-tiny's context of 256"),
     (["sweep.blocks=[13]"], "sweep.blocks has [13], outside 0..12"),
+    (["quant=slider", "quant.settings.windows='0-3,5-11'"], "leave block 4 out"),
+    (["quant=slider", "quant.settings.windows='0-5,3-2,4-11'"], "3-2 runs backwards"),
+    (["quant=slider", "quant.settings.windows='0-5,4-12'"], "past the last (11)"),
+    (["quant=slider", "quant.settings.stride=3"], "stride=3 is wider than the window (2)"),
     (["model.path=/no/such/model"], "does not exist and is not a hub id"),
 ]
 

@@ -89,6 +89,14 @@ def test_where_the_authors_formula_skips_blocks_one_middle_window_bridges_them()
     assert ours == theirs[:6] + [[5, 6, 7, 8]] + theirs[6:]
 
 
+HEAD = [[0], [0, 1], [0, 1, 2], [0, 1, 2, 3]]  # fill 4: head windows grow to 4 blocks
+
+
+def _tail(n: int) -> list[list[int]]:
+    """Fill 4: tail windows shrink from the last 4 blocks to the last one."""
+    return [list(range(n - 4 + j, n)) for j in range(4)]
+
+
 @pytest.mark.parametrize(
     ("n", "wsf", "expected"),
     [
@@ -118,6 +126,20 @@ def test_where_the_authors_formula_skips_blocks_one_middle_window_bridges_them()
             ],
         ),  # fmt: skip
         (12, (1, 1, 1), [[0]] + [[i] for i in range(12)] + [[11]]),
+        # the paper's depth and SmolLM2's: head, middle windows from block fill - stride, tail
+        (30, (2, 1, 4), HEAD + [[i, i + 1] for i in range(3, 26)] + _tail(30)),
+        (32, (2, 1, 4), HEAD + [[i, i + 1] for i in range(3, 28)] + _tail(32)),
+        (30, (3, 2, 4), HEAD + [[i, i + 1, i + 2] for i in range(2, 27, 2)] + _tail(30)),
+        (32, (3, 2, 4), HEAD + [[i, i + 1, i + 2] for i in range(2, 29, 2)] + _tail(32)),
+        (30, (1, 1, 1), [[0]] + [[i] for i in range(30)] + [[29]]),
+        (32, (1, 1, 1), [[0]] + [[i] for i in range(32)] + [[31]]),
+        # below the fill: head and tail clipped to the blocks there are
+        (1, (3, 2, 4), [[0], [0], [0]]),
+        (2, (3, 2, 4), [[0], [0, 1], [0, 1], [0, 1], [1]]),
+        (5, (3, 2, 4), HEAD + _tail(5)),
+        (1, (1, 1, 1), [[0], [0], [0]]),
+        (2, (1, 1, 1), [[0], [0], [1], [1]]),
+        (5, (1, 1, 1), [[0]] + [[i] for i in range(5)] + [[4]]),
     ],
 )
 def test_hand_written_schedules(n, wsf, expected):
