@@ -87,6 +87,7 @@ class LearnedWeight(nn.Module):
         # a width that is not a multiple of the group ends in one shorter group (as rtn),
         # padded to a whole group here and cut off again after rounding
         self.groups = math.ceil(in_features / self.group_size)
+        self.pad = self.groups * self.group_size - in_features
         rows = out_features * self.groups
         self.upper = nn.Parameter(torch.full((rows, 1), init))
         self.lower = nn.Parameter(torch.full((rows, 1), init))
@@ -98,9 +99,8 @@ class LearnedWeight(nn.Module):
     def _grid(self, clamp_zero: bool):
         w = self.weight + self.lora_scale * (self.lora_b @ self.lora_a)
         groups = self._grouped(w, 0.0)
-        ragged = groups.shape[0] * self.group_size != w.numel()  # extremes of real columns
-        top = self._grouped(w, -math.inf) if ragged else groups
-        bottom = self._grouped(w, math.inf) if ragged else groups
+        top = self._grouped(w, -math.inf) if self.pad else groups  # extremes of real columns
+        bottom = self._grouped(w, math.inf) if self.pad else groups
         high = torch.sigmoid(self.upper) * top.amax(1, keepdim=True)
         low = torch.sigmoid(self.lower) * bottom.amin(1, keepdim=True)
         levels = 2**self.bits - 1
@@ -112,8 +112,8 @@ class LearnedWeight(nn.Module):
 
     def _grouped(self, w: torch.Tensor, fill: float) -> torch.Tensor:
         """(rows x groups, group_size): `w`'s groups, a short last group padded with `fill`."""
-        pad = self.groups * self.group_size - w.shape[1]
-        return (F.pad(w, (0, pad), value=fill) if pad else w).reshape(-1, self.group_size)
+        padded = F.pad(w, (0, self.pad), value=fill) if self.pad else w
+        return padded.reshape(-1, self.group_size)
 
     def _ungrouped(self, groups: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return groups.reshape(like.shape[0], -1)[:, : like.shape[1]]
@@ -444,8 +444,8 @@ class SliderQuant:
         grid rtn stores (its include_zero range), at this group size."""
         if bits == FULL_PRECISION:
             return full_precision_bytes(module)
-        in_features = as_linear(self.name, module).in_features
-        return RTN(group_size=self.group_size or in_features).weight_bytes(module, bits)
+        as_linear(self.name, module)  # anything else is refused, naming it
+        return RTN(group_size=self.group_size).weight_bytes(module, bits)  # 0: per channel
 
 
 def _copies(block: nn.Module, bits: int, dtype_bytes: int) -> int:
