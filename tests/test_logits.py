@@ -13,7 +13,7 @@ from lwq.data import chunk_documents, load_texts, seeded_subset
 from lwq.errors import LwqError
 from lwq.evaluation.divergence import KLMeter, TopKCollector
 from lwq.evaluation.lm_eval_internals import rows_within
-from lwq.evaluation.logits import OutputHead, rows_per_chunk
+from lwq.evaluation.logits import ChunkLogprobs, OutputHead, rows_per_chunk
 from lwq.evaluation.perplexity import perplexity
 from tests.conftest import ROOT
 from tests.shrunk import shrunk_model
@@ -173,7 +173,7 @@ def _requests(vocab: int, greedy: list[int]) -> list[tuple]:
 
 
 @pytest.mark.parametrize("which", ["ref-tiny", "shrunk-gqa-llama"])
-def test_lm_evals_requests_are_answered_a_few_positions_at_a_time(which, ref_model):
+def test_lm_evals_requests_are_answered_a_few_positions_at_a_time(which, ref_model, monkeypatch):
     """When not one row of lm-eval's logits fits the bound, lwq answers its requests with
     HFLM's numbers, and the output layer never sees more than a chunk of positions."""
     from lwq.evaluation.lm_eval_internals import encode_once_hflm
@@ -195,14 +195,15 @@ def test_lm_evals_requests_are_answered_a_few_positions_at_a_time(which, ref_mod
     rows = rows_per_chunk(head.vocab, memory)
     assert 1 < rows < 64
     seen = []
-    hook = model.get_output_embeddings().register_forward_hook(
-        lambda _m, args, _out: seen.append(args[0].shape[:-1].numel())
-    )
+    into = OutputHead.logits_into  # the output layer applied to a chunk, into its buffer
+
+    def watched(self, hidden, out):
+        seen.append(len(hidden))
+        return into(self, hidden, out)
+
+    monkeypatch.setattr(OutputHead, "logits_into", watched)
     lm.lwq_logits_memory = memory
-    try:
-        bounded = lm._loglikelihood_tokens(requests)
-    finally:
-        hook.remove()
+    bounded = lm._loglikelihood_tokens(requests)
     assert 0 < max(seen) <= rows
     assert [g for _, g in bounded] == [g for _, g in whole]
     assert bounded[5][1] and not bounded[0][1]  # the argmax continuation, a random one
@@ -224,3 +225,38 @@ def test_logits_written_into_a_buffer_equal_the_output_layer_bit_for_bit(scale, 
     written = head.logits_into(hidden, buffer[:37])
     assert written.data_ptr() == buffer.data_ptr()
     assert torch.equal(written, head.logits(hidden))
+
+
+@pytest.mark.parametrize("rows", [1, 7, 169, 600])
+def test_log_probabilities_in_place_equal_the_log_softmax_bit_for_bit(rows):
+    """The evaluation's chunks: the log-softmax written over the logits in their buffer
+    gives F.log_softmax's numbers exactly (the kernel reads a row before writing it)."""
+    head = OutputHead(shrunk_model("llama"))
+    hidden = torch.randn(rows, head.output.in_features) * 4
+    buffer = torch.empty(rows, head.vocab)
+    assert torch.equal(head.logprobs_into(hidden, buffer), head.logprobs(hidden))
+
+
+def test_every_chunk_reuses_one_buffer_grown_only_for_a_larger_chunk():
+    head = OutputHead(shrunk_model("llama"))
+    logprobs_of = ChunkLogprobs(head)
+    width = head.output.in_features
+    first = logprobs_of(torch.randn(12, width))
+    address = first.data_ptr()
+    for n in (12, 5, 12):
+        hidden = torch.randn(n, width)
+        out = logprobs_of(hidden)
+        assert out.data_ptr() == address and out.shape == (n, head.vocab)
+        assert torch.equal(out, head.logprobs(hidden))
+    assert logprobs_of(torch.randn(20, width)).shape == (20, head.vocab)  # grown
+
+
+def test_logits_under_autocast_are_the_output_layers_own():
+    """mm(out=) is not autocast: under bf16 autocast the buffer gets the layer's forward
+    (bf16 matmul) widened, as the evaluation's numbers were without a buffer."""
+    head = OutputHead(shrunk_model("llama"))
+    hidden = torch.randn(9, head.output.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        written = head.logits_into(hidden, torch.empty(9, head.vocab))
+        assert torch.equal(written, head.logits(hidden))
+    assert not torch.equal(written, head.logits(hidden))  # bf16's numbers, not float32's

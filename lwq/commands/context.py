@@ -65,7 +65,7 @@ class RunContext:
     store: RecordStore | None = None
     tracker: object = None
     shared: dict = field(default_factory=dict)  # fields every record of the run has
-    logits_memory: float | None = 0.25  # GB of log-probabilities at once (eval.logits_memory)
+    logits_memory: float | None = 0.1  # GB of log-probabilities at once (eval.logits_memory)
     reuse_memory: float | None = None  # GB of kept hidden states (eval.reuse_memory); None = off
     reuse_on: str = "host"  # where they are kept: host | device
     originals: str = "disk"  # where changed blocks' originals wait: disk | host

@@ -29,7 +29,7 @@ class DamageMeter:
         self.table = table
         self.units = units
         self.n_linears = linear_counts(units, len(ctx.blocks))
-        memory = ctx.logits_memory or 0.25
+        memory = ctx.logits_memory or 0.1
         self.reference = CalibrationKL.of(ctx.model, ctx.calibration(), 8, memory)  # as loaded
 
     def predicted(self, plan: Plan) -> float | None:

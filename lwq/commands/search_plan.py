@@ -43,7 +43,7 @@ class PlanFitness:
         self.applier = ctx.applier()
         calibration = ctx.calibration()
         seq_len = calibration.shape[1]
-        memory = ctx.logits_memory or 0.25
+        memory = ctx.logits_memory or 0.1
         self.references = [
             CalibrationKL.of(
                 ctx.model, calibration[: max(1, math.ceil(tokens / seq_len))], 8, memory

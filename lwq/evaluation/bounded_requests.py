@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from lwq.evaluation.logits import OutputHead, chunks, rows_per_chunk
+from lwq.evaluation.logits import ChunkLogprobs, OutputHead, chunks, rows_per_chunk
 
 Request = tuple  # (cache key or None, context token ids, continuation token ids)
 
@@ -38,6 +38,7 @@ def answer_requests(lm, requests: list[Request], memory_gb: float) -> list[tuple
     them, never holding more than `memory_gb` of log-probabilities at once."""
     head = OutputHead(lm.model)
     rows = rows_per_chunk(head.vocab, memory_gb)
+    logprobs_of = ChunkLogprobs(head)  # one buffer for every request's chunks
     inputs = [
         (context + continuation)[-(lm.max_length + 1) :][:-1]
         for _, context, continuation in requests
@@ -69,19 +70,21 @@ def answer_requests(lm, requests: list[Request], memory_gb: float) -> list[tuple
                 key, _, continuation = requests[i]
                 end = len(inputs[i])
                 scored = hidden[row, end - len(continuation) : end]
-                answers[i] = _answer(head, scored, continuation, rows, lm.device)
+                answers[i] = _answer(logprobs_of, scored, continuation, rows, lm.device)
                 if key is not None:
                     lm.cache_hook.add_partial("loglikelihood", key, answers[i])
     return answers
 
 
-def _answer(head: OutputHead, scored: torch.Tensor, continuation: list[int], rows: int, device):
+def _answer(
+    logprobs_of: ChunkLogprobs, scored: torch.Tensor, continuation: list[int], rows: int, device
+):
     """The continuation's summed log-probability (one float32 sum over its positions, as
     HFLM's) and whether each of its tokens is the argmax."""
     target = torch.tensor(continuation, dtype=torch.long, device=device)
     picked, greedy = [], True
     for part in chunks(len(continuation), rows):
-        logprobs = head.logprobs(scored[part])
+        logprobs = logprobs_of(scored[part])
         picked.append(logprobs.gather(-1, target[part, None]).squeeze(-1))
         greedy = greedy and bool((logprobs.argmax(dim=-1) == target[part]).all())
     return float(torch.cat(picked).sum()), greedy

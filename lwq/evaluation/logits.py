@@ -29,7 +29,8 @@ from torch.nn import functional as F
 from lwq.errors import LwqError
 
 GB = 1e9
-FLOATS_PER_LOGIT = 3  # logits, their log-softmax and one temporary of a meter, float32 each
+FLOATS_PER_LOGIT = 3  # the sensitivity's float32 logits and float64 exp terms; an evaluation
+# holds one float32 buffer of that many positions (ChunkLogprobs), so it stays well inside
 _CHECKED: weakref.WeakSet = weakref.WeakSet()  # models whose logits OutputHead reproduces
 
 
@@ -88,7 +89,8 @@ class OutputHead:
         a bias), so the same numbers, without a fresh tensor per chunk (83 MB for SmolLM2
         at the default bound: its pages faulted in anew each time)."""
         weight, bias = self.output.weight, self.output.bias
-        if weight.dtype != torch.float32 or hidden.dim() != 2 or hidden.dtype != weight.dtype:
+        plain = weight.dtype == torch.float32 and hidden.dim() == 2 and hidden.dtype == weight.dtype
+        if not plain or torch.is_autocast_enabled(hidden.device.type):  # autocast skips out=
             return out.copy_(self.logits(hidden))
         if bias is None:
             torch.mm(hidden, weight.t(), out=out)
@@ -102,6 +104,13 @@ class OutputHead:
 
     def logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.logits(hidden), dim=-1)
+
+    @torch.no_grad()
+    def logprobs_into(self, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """`logprobs(hidden)` written into `out` (N, V) float32: the logits, then the
+        log-softmax in place (the same kernel, which reads a row before writing it: equal
+        to `logprobs` bit for bit, tests/test_logits.py)."""
+        return torch.log_softmax(self.logits_into(hidden, out), dim=-1, out=out)
 
     @torch.no_grad()
     def final_hidden(self, **inputs) -> torch.Tensor:
@@ -135,6 +144,28 @@ class OutputHead:
                 f"lwq's bounded log-probabilities do not reproduce {type(self.model).__name__}'s "
                 "logits (its forward post-processes them); set eval.logits_memory=null"
             )
+
+
+class ChunkLogprobs:
+    """Log-probabilities of a chunk of positions in one buffer every chunk reuses.
+
+    A fresh (N, V) logits tensor and its log-softmax per chunk cost their pages anew each
+    time, and below glibc's mmap threshold (32 MB) they come from the heap, where the
+    small tensors kept between them (a reference's top k) pin the holes they leave: RSS
+    then climbs chunk after chunk (SmolLM2 at 32 MB chunks: +390 MiB in one pass).
+    """
+
+    def __init__(self, head: OutputHead) -> None:
+        self.head = head
+        self._buffer: torch.Tensor | None = None
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, D) final hidden states -> (N, V) float32 log-probabilities: a view of the
+        buffer, valid until the next call."""
+        n, buffer = len(hidden), self._buffer
+        if buffer is None or len(buffer) < n or buffer.device != hidden.device:
+            buffer = self._buffer = torch.empty((n, self.head.vocab), device=hidden.device)
+        return self.head.logprobs_into(hidden, buffer[:n])
 
 
 def whole_logprobs(model, **inputs) -> torch.Tensor:

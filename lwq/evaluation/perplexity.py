@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from lwq.evaluation.logits import OutputHead, chunks, rows_per_chunk, whole_logprobs
+from lwq.evaluation.logits import (
+    ChunkLogprobs,
+    OutputHead,
+    chunks,
+    rows_per_chunk,
+    whole_logprobs,
+)
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,8 @@ def perplexity(
     device = next(model.parameters()).device
     head = rows = None
     if logits_memory is not None:
-        head = OutputHead(model)
-        rows = rows_per_chunk(head.vocab, logits_memory)
+        head = ChunkLogprobs(OutputHead(model))  # one buffer for every batch's chunks
+        rows = rows_per_chunk(head.head.vocab, logits_memory)
     nll = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(windows), batch_size):
         nll += _batch_nll(model, windows[i : i + batch_size], device, each, head, rows)
@@ -131,7 +137,7 @@ def _batch_nll(
     windows: list[tuple[list, list]],
     device: torch.device,
     each: TargetsHook | None,
-    head: OutputHead | None,
+    head: ChunkLogprobs | None,
     rows: int | None,
 ) -> torch.Tensor:
     """Summed NLL (float64) of the targets of a batch of right-padded windows (targets
@@ -150,7 +156,7 @@ def _batch_nll(
     if head is None:
         states, measure = whole_logprobs(model, **batch)[valid], lambda x: x
     else:
-        states, measure = head.final_hidden(**batch)[valid], head.logprobs
+        states, measure = head.head.final_hidden(**batch)[valid], head
     wanted = targets[valid]
     nll = torch.zeros((), dtype=torch.float64, device=device)
     for part in chunks(len(wanted), rows):

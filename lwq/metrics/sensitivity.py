@@ -189,7 +189,7 @@ def sensitivity_scores(
     bits: int,
     table_bits: list[int] | None = None,
     batch_size: int = 8,
-    logits_memory: float | None = 0.25,
+    logits_memory: float | None = 0.1,
     unit: str = "block",
     ties: list[list[str]] | None = None,
     checkpoint: Path | None = None,
