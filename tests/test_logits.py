@@ -13,7 +13,7 @@ from lwq.data import chunk_documents, load_texts, seeded_subset
 from lwq.errors import LwqError
 from lwq.evaluation.divergence import KLMeter, TopKCollector
 from lwq.evaluation.lm_eval_internals import rows_within
-from lwq.evaluation.logits import ChunkLogprobs, OutputHead, rows_per_chunk
+from lwq.evaluation.logits import DEFAULT_GB, ChunkLogprobs, OutputHead, rows_per_chunk
 from lwq.evaluation.perplexity import perplexity
 from tests.conftest import ROOT
 from tests.shrunk import shrunk_model
@@ -260,3 +260,14 @@ def test_logits_under_autocast_are_the_output_layers_own():
         written = head.logits_into(hidden, torch.empty(9, head.vocab))
         assert torch.equal(written, head.logits(hidden))
     assert not torch.equal(written, head.logits(hidden))  # bf16's numbers, not float32's
+
+
+def test_every_eval_preset_bounds_logits_at_the_callers_default():
+    """The code's fallback (a context or meter built without the config) and the presets
+    agree, so a run and a library call hold the same chunks."""
+    import yaml
+
+    presets = sorted((ROOT / "conf" / "eval").glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        assert yaml.safe_load(preset.read_text())["logits_memory"] == DEFAULT_GB, preset.name

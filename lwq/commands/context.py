@@ -24,6 +24,7 @@ from lwq.commands.score_source import ScoreSource
 from lwq.commands.search_plan import searched_plan
 from lwq.config import RunConfig
 from lwq.data import calibration_ids, load_texts
+from lwq.evaluation.logits import DEFAULT_GB
 from lwq.evaluation.suite import Suite
 from lwq.metrics import METRICS, Scores
 from lwq.metrics.cache import load_cached
@@ -65,7 +66,7 @@ class RunContext:
     store: RecordStore | None = None
     tracker: object = None
     shared: dict = field(default_factory=dict)  # fields every record of the run has
-    logits_memory: float | None = 0.1  # GB of log-probabilities at once (eval.logits_memory)
+    logits_memory: float | None = DEFAULT_GB  # GB of log-probabilities at once (eval.logits_memory)
     reuse_memory: float | None = None  # GB of kept hidden states (eval.reuse_memory); None = off
     reuse_on: str = "host"  # where they are kept: host | device
     originals: str = "disk"  # where changed blocks' originals wait: disk | host

@@ -15,6 +15,7 @@ plan: every unit of a block at the block's width).
 from __future__ import annotations
 
 from lwq.errors import LwqError
+from lwq.evaluation.logits import DEFAULT_GB
 from lwq.metrics.cache import load_cached
 from lwq.metrics.sensitivity import CalibrationKL
 from lwq.plan import Plan
@@ -29,7 +30,7 @@ class DamageMeter:
         self.table = table
         self.units = units
         self.n_linears = linear_counts(units, len(ctx.blocks))
-        memory = ctx.logits_memory or 0.1
+        memory = ctx.logits_memory or DEFAULT_GB
         self.reference = CalibrationKL.of(ctx.model, ctx.calibration(), 8, memory)  # as loaded
 
     def predicted(self, plan: Plan) -> float | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from lwq.claims import computed_once
+from lwq.evaluation.logits import DEFAULT_GB
 from lwq.metrics.sensitivity import CalibrationKL
 from lwq.modeling.prefix import PrefixCache
 from lwq.plan import Plan
@@ -43,7 +44,7 @@ class PlanFitness:
         self.applier = ctx.applier()
         calibration = ctx.calibration()
         seq_len = calibration.shape[1]
-        memory = ctx.logits_memory or 0.1
+        memory = ctx.logits_memory or DEFAULT_GB
         self.references = [
             CalibrationKL.of(
                 ctx.model, calibration[: max(1, math.ceil(tokens / seq_len))], 8, memory

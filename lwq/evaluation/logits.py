@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from lwq.errors import LwqError
 
 GB = 1e9
+DEFAULT_GB = 0.1  # eval.logits_memory's default, for callers given none (conf/eval/*.yaml)
 FLOATS_PER_LOGIT = 3  # the sensitivity's float32 logits and float64 exp terms; an evaluation
 # holds one float32 buffer of that many positions (ChunkLogprobs), so it stays well inside
 _CHECKED: weakref.WeakSet = weakref.WeakSet()  # models whose logits OutputHead reproduces

@@ -35,7 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from lwq.errors import LwqError
-from lwq.evaluation.logits import OutputHead, chunks, rows_per_chunk
+from lwq.evaluation.logits import DEFAULT_GB, OutputHead, chunks, rows_per_chunk
 from lwq.metrics.base import METRICS, Metric, Scores
 from lwq.modeling.blocks import block_linears
 from lwq.modeling.capture import BlockInputs, starting_at
@@ -189,7 +189,7 @@ def sensitivity_scores(
     bits: int,
     table_bits: list[int] | None = None,
     batch_size: int = 8,
-    logits_memory: float | None = 0.1,
+    logits_memory: float | None = DEFAULT_GB,
     unit: str = "block",
     ties: list[list[str]] | None = None,
     checkpoint: Path | None = None,
