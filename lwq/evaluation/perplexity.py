@@ -117,13 +117,13 @@ def perplexity(
     """
     windows = token_windows(tokenizer, texts, max_length)
     device = next(model.parameters()).device
-    head = rows = None
+    bounded = rows = None
     if logits_memory is not None:
-        head = ChunkLogprobs(OutputHead(model))  # one buffer for every batch's chunks
-        rows = rows_per_chunk(head.head.vocab, logits_memory)
+        bounded = ChunkLogprobs(OutputHead(model))  # one buffer for every batch's chunks
+        rows = rows_per_chunk(bounded.head.vocab, logits_memory)
     nll = torch.zeros((), dtype=torch.float64, device=device)
     for i in range(0, len(windows), batch_size):
-        nll += _batch_nll(model, windows[i : i + batch_size], device, each, head, rows)
+        nll += _batch_nll(model, windows[i : i + batch_size], device, each, bounded, rows)
     return Perplexity(
         nll=nll.item(),
         tokens=sum(len(t) for _, t in windows),
@@ -137,7 +137,7 @@ def _batch_nll(
     windows: list[tuple[list, list]],
     device: torch.device,
     each: TargetsHook | None,
-    head: ChunkLogprobs | None,
+    bounded: ChunkLogprobs | None,
     rows: int | None,
 ) -> torch.Tensor:
     """Summed NLL (float64) of the targets of a batch of right-padded windows (targets
@@ -153,10 +153,10 @@ def _batch_nll(
     batch = {"input_ids": inputs.to(device), "attention_mask": mask.to(device)}
     targets = targets.to(device)
     valid = targets != -100  # row by row, positions ascending: the order `each` sees
-    if head is None:
+    if bounded is None:
         states, measure = whole_logprobs(model, **batch)[valid], lambda x: x
     else:
-        states, measure = head.head.final_hidden(**batch)[valid], head
+        states, measure = bounded.head.final_hidden(**batch)[valid], bounded
     wanted = targets[valid]
     nll = torch.zeros((), dtype=torch.float64, device=device)
     for part in chunks(len(wanted), rows):
