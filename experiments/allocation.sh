@@ -9,8 +9,11 @@
 # record also has its predicted (summed) and realized calibration KL (`damage`), and
 # `experiments/allocation_table.py` prints the comparison with each method's seconds.
 # Records go to $LWQ_RESULTS (default results/allocation); points already recorded are
-# skipped, so a rerun resumes.
-# Usage: experiments/allocation.sh [ref-tiny|smollm2-135m] [more overrides...]
+# skipped, so a rerun resumes. QUANTS and UNITS (space-separated; default all) split the
+# study into lanes run side by side (OMP_NUM_THREADS=1 each), sharing $LWQ_RESULTS: e.g.
+# `UNITS=block experiments/allocation.sh smollm2-135m` beside the full script, which then
+# finds the block plans and the two-level sweeps recorded when it reaches them.
+# Usage: [QUANTS="gptq rtn"] [UNITS="block linear"] experiments/allocation.sh [model] [overrides...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-ref-tiny}; shift || true
@@ -28,12 +31,16 @@ esac
 common=(model="$model" tracking=none "${evals[@]}" "$@")
 gptq=(quant=gptq quant.settings.damp_percent=0.1 quant.settings.mse=2.4)
 rtn=(quant=rtn)
+for quant in ${QUANTS:-}; do [[ $quant == gptq || $quant == rtn ]] || {
+  echo "QUANTS takes gptq and/or rtn, got '$quant'" >&2; exit 2; }; done
+for unit in ${UNITS:-}; do [[ $unit == block || $unit == linear ]] || {
+  echo "UNITS takes block and/or linear, got '$unit'" >&2; exit 2; }; done
 budgets=(budget=3.25 budget=2.5 "budget_bytes=$bytes")
 
-for quant in gptq rtn; do
+for quant in ${QUANTS:-gptq rtn}; do
   declare -n q=$quant
   for budget in "${budgets[@]}"; do  # first: the two-level points then get `damage` too
-    for unit in block linear; do
+    for unit in ${UNITS:-block linear}; do
       for method in dp search; do
         python run.py "${common[@]}" "${q[@]}" "$budget" allocate.method=$method \
           allocate.unit=$unit "sweep.blocks=[]" sweep
