@@ -88,3 +88,13 @@ def test_the_dry_run_counts_the_units_a_finer_table_measures(tmp_path, capsys):
     assert "48 (linear, tied gate_proj+up_proj, q_proj+k_proj+v_proj) x 2 widths = 96" in out
     run(compose_config(*common, "budget=3", "allocate.unit=sublayer", "allowed_bits=[2,4]"))
     assert "allocation units: 24 (sublayer) x 2 widths = 48" in capsys.readouterr().out
+
+
+def test_the_dry_run_says_a_searched_plan_comes_from_the_sweep(tmp_path, capsys):
+    """Its plan needs the model, so the budget line names the search, not a missing table."""
+    common = (f"model.path={REF_MODEL}", f"paths.results={tmp_path}", "dry_run=true", "budget=3")
+    run(compose_config(*common, "allocate.method=search"))
+    out = capsys.readouterr().out
+    assert "the plan is the search's, found by the sweep" in out and "not cached" not in out
+    run(compose_config(*common))
+    assert "the plan follows from the sensitivity table (not cached yet)" in capsys.readouterr().out

@@ -194,6 +194,8 @@ def describe(run: RunConfig, sizes: SizeTable, bits: tuple | None) -> str:
             f"budget: {run.budget.avg_bits:g} bits per weight{where} = {budget.limit} bytes "
             "of the blocks' linears"
         )
+    if bits is None and run.budget.method == "search":  # known only once the model runs
+        return target + "; the plan is the search's, found by the sweep"
     if bits is None:
         return target + "; the plan follows from the sensitivity table (not cached yet)"
     got = achieved(run, sizes, bits)
