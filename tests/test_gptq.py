@@ -288,6 +288,23 @@ def test_true_sequential_changes_the_later_groups_only(model_and_ids):
         assert same == name.endswith(("q_proj", "k_proj", "v_proj")), name
 
 
+def test_dequantized_evaluation_leaves_gptqmodels_compile_out(model_and_ids):
+    """lwq dequantizes each packed linear once, so compiling `dequantize_weight` (what
+    gptqmodel's `post_init` does, again for every module) only costs time; evaluated packed,
+    the library keeps it. The weights are the same either way, bit for bit."""
+    model, blocks, ids = model_and_ids
+    inputs = BlockInputs.capture(model, blocks, ids)
+    weights = {}
+    for dequantize in (True, False):
+        built = _gptq(eval_dequantized=dequantize).quantize(copy.deepcopy(blocks[0]), 3, inputs)
+        packed = [m for m in built.modules() if hasattr(m, "dequantize_weight")]
+        assert len(packed) == 7
+        compiled = [hasattr(m.dequantize_weight, "_torchdynamo_orig_callable") for m in packed]
+        assert compiled == [not dequantize] * 7
+        weights[dequantize] = [m.dequantize_weight() for m in packed]
+    assert all(torch.equal(a, b) for a, b in zip(*weights.values(), strict=True))
+
+
 def test_group_size_0_packs_one_scale_and_zero_a_row(model_and_ids):
     """Per output channel (GPTQ's group_size -1): each packed linear holds one scale a row,
     every input column in group 0, the bytes counted are the bytes held, and its weights

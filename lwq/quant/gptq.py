@@ -211,8 +211,17 @@ class GPTQBackend:
         original.load_state_dict(state, strict=True)
         for module in original.modules():
             if isinstance(module, packed_type):
-                module.post_init()
+                self._post_init(module)
         return original.eval()
+
+    def _post_init(self, packed: torch.nn.Module) -> None:
+        """gptqmodel's `post_init`, without its torch.compile of `dequantize_weight` when
+        lwq dequantizes each module once (`_runnable`, `for_eval`): every new module
+        recompiles it (its guards hold the module's buffers), ~8 s at a process's first
+        block and up to 1 s a block after; its kernels on the packed weights keep it."""
+        if self.eval_dequantized:
+            packed.optimized = True  # what `optimize()` checks before compiling
+        packed.post_init()
 
     def _empty(self, packed_type, linear: torch.nn.Linear, bits: int) -> torch.nn.Module:
         return packed_type(
@@ -275,7 +284,7 @@ class GPTQBackend:
         packed = self._empty(packed_type, linear, bits)
         linear.weight.data = weights.to(linear.weight.dtype)
         packed.pack(linear, scale, zero, g_idx)
-        packed.post_init()
+        self._post_init(packed)
         return packed.to(linear.weight.device).eval()
 
 
