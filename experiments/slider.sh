@@ -19,13 +19,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-ref-tiny}; shift || true
 export LWQ_RESULTS=${LWQ_RESULTS:-results/slider}
-case $model in
-  ref-tiny)  # docs/backends.md's preset: 16 x 128 tokens, 20 epochs (~1-2 min a calibration)
-    evals=(eval.limit=16); calib=(calib.samples=16 calib.seq_len=128); epochs=20 ;;
-  smollm2-135m)  # 8 x 128 tokens, 8 epochs (~10 min a calibration on 2 cores)
-    evals=(eval.limit=8 eval.text_by=lwq); calib=(calib.samples=8 calib.seq_len=128); epochs=8 ;;
-  *) echo "usage: experiments/slider.sh [ref-tiny|smollm2-135m] [overrides...]" >&2; exit 2 ;;
-esac
+usage="usage: experiments/slider.sh [ref-tiny|smollm2-135m] [overrides...]"
+source experiments/slider_presets.sh
 common=(model="$model" tracking=none metric=ldi "${evals[@]}" "${calib[@]}" "$@")
 uniform=(sweep.high=3 sweep.low=2 "sweep.fractions=[0,1]")
 gptq=(quant=gptq quant.settings.damp_percent=0.1 quant.settings.mse=2.4)

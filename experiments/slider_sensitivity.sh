@@ -9,11 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:-ref-tiny}; shift || true
 export LWQ_RESULTS=${LWQ_RESULTS:-results/slider}
-case $model in
-  ref-tiny) calib=(calib.samples=16 calib.seq_len=128); epochs=20 ;;
-  smollm2-135m) calib=(calib.samples=8 calib.seq_len=128); epochs=8 ;;  # the study's preset
-  *) echo "usage: experiments/slider_sensitivity.sh [ref-tiny|smollm2-135m] [overrides...]" >&2; exit 2 ;;
-esac
+usage="usage: experiments/slider_sensitivity.sh [ref-tiny|smollm2-135m] [overrides...]"
+source experiments/slider_presets.sh  # slider.sh's calibration and epochs
 out=experiments/records/slider/$model
 mkdir -p "$out"
 common=(model="$model" tracking=none metric=sensitivity "metric.settings.table_bits=[2]"
