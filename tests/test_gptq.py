@@ -375,3 +375,42 @@ def test_mixed_variants_beyond_the_cap_are_dropped_and_built_again_alike(
         assert engine.builds == 3 and _same(blocks[1], built)  # rebuilt, the same block
     finally:
         applier.restore()
+
+
+def test_kept_full_precision_inputs_shorten_the_walks_to_mixed_blocks(model_and_ids):
+    """A plan whose mixed block lies behind the cursor (a search's next child) starts at
+    the nearest kept inputs, not block 0, and one ahead of it jumps to a kept block past
+    the cursor: fewer block forwards, the same blocks."""
+    model, blocks, ids = model_and_ids
+    n, mixed = len(blocks), (2, 2, 2, 4, 4, 4, 4)
+    order = (n - 1, 2, n - 2)  # the block each plan mixes: forward, back, forward
+    built, walked = {}, {}
+    for room in (0, n, 4, 0.5):  # blocks' inputs the memory holds: none, all, 4, none
+        engine = _engine(_gptq(), model, blocks, ids)
+        engine._keep_bytes = int(room * sum(h.nbytes for h in engine.first_inputs().hidden))
+        applier = PlanApplier(blocks, engine)
+        built[room] = []
+        for at in order:
+            applier.apply(Plan(tuple(mixed if i == at else FULL_PRECISION for i in range(n))))
+            built[room].append(_weights(blocks[at]))
+            applier.restore()
+        walked[room] = engine.walked
+    assert walked[0] == walked[0.5] == (n - 1) + 2 + (n - 4)  # 0 -> 2, then 2 -> n-2
+    assert walked[n] == n - 1  # every block's inputs kept on the first walk
+    stride = -(-(n - 1) // 4)
+    assert walked[4] == (n - 1) + 2 + (n - 2) % stride  # from the last kept block
+    for room in (n, 4, 0.5):
+        for a, b in zip(built[0], built[room], strict=True):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kept_inputs_are_spread_as_far_as_their_memory_allows(model_and_ids):
+    model, blocks, ids = model_and_ids
+    engine = _engine(_gptq(), model, blocks, ids)
+    inputs = engine.first_inputs()
+    per_block = sum(h.nbytes for h in inputs.hidden)
+    n = len(blocks)
+    for room, stride in ((0, n), (1, n - 1), (2, -(-(n - 1) // 2)), (n - 1, 1), (10 * n, 1)):
+        engine._keep_bytes = room * per_block
+        assert engine._stride(inputs) == stride, room
+        assert len(range(stride, n, stride)) <= room  # never more than the memory holds

@@ -132,6 +132,7 @@ def open_context(run: RunConfig, *, evaluate: bool) -> RunContext:
         store=VariantStore(
             run.paths.cache / "variants", {"model": identity.model, "quant": identity.quant}
         ),
+        keep_inputs=run.eval.reuse_memory,  # the mixed blocks' walks start at kept inputs
     )
     context = RunContext(
         model=model,

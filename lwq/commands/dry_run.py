@@ -33,6 +33,7 @@ from lwq.modeling.load import (
     CheckpointFacts,
     meta_model,
 )
+from lwq.quant.base import BLOCK
 from lwq.quant.cost import SizeTable
 from lwq.results.store import RecordStore
 from lwq.runtime import DTYPES
@@ -84,7 +85,25 @@ def run_dry(run: RunConfig) -> dict:
             + f") x {widths} widths = {len(units) * widths} single-unit KL measurements in "
             "its sensitivity table, each from its block on"
         )
+        if backend.unit == BLOCK and run.budget.unit != "block":
+            print(_kept_inputs_line(run, text.hidden_size, len(blocks)))
     return {"blocks": len(blocks), "source": source, "points": planned, **estimate}
+
+
+def _kept_inputs_line(run: RunConfig, hidden: int, n_blocks: int) -> str:
+    """What the full-precision block inputs of mixed-width blocks cost (lwq.quant.engine
+    keeps them within eval.reuse_memory): the calibration tokens' hidden states, in the
+    dtype the memory line assumes (`auto`: bfloat16, as on CUDA; twice on a CPU)."""
+    auto = run.model.dtype == "auto"
+    dtype = "bfloat16" if auto else run.model.dtype
+    per_block = run.calib.samples * run.calib.seq_len * hidden * DTYPES[dtype].itemsize
+    room = int((run.eval.reuse_memory or 0) * 1e9) // per_block
+    return (
+        f"mixed-width blocks (quant={run.quant.name}): one block's full-precision inputs are "
+        f"{per_block / 1e6:.0f} MB ({run.calib.samples} x {run.calib.seq_len} x {hidden} "
+        f"{dtype}); eval.reuse_memory={run.eval.reuse_memory or 0:g} GB keeps up to "
+        f"{min(room, n_blocks - 1)} of {n_blocks - 1}, so a walk to one starts at the nearest"
+    )
 
 
 def _sized(point: Point, sizes: SizeTable, done: set[str]) -> PlannedPoint:
