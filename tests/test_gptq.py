@@ -22,6 +22,7 @@ from lwq.plan import Plan, two_level_plan
 from lwq.quant import make_backend
 from lwq.quant.base import FULL_PRECISION
 from lwq.quant.engine import Engine, quantize_block
+from lwq.quant.gptq import GPTQBackend
 from lwq.quant.install import PlanApplier
 from tests.conftest import ROOT, reference_calibration
 
@@ -414,3 +415,36 @@ def test_kept_inputs_are_spread_as_far_as_their_memory_allows(model_and_ids):
         engine._keep_bytes = room * per_block
         assert engine._stride(inputs) == stride, room
         assert len(range(stride, n, stride)) <= room  # never more than the memory holds
+
+
+def test_a_mixed_block_takes_the_leading_groups_an_earlier_variant_shares(
+    model_and_ids, monkeypatch
+):
+    """Widths that differ from a kept variant's only in down_proj: q/k/v, o and gate/up
+    come from that variant, bit for bit what GPTQ would compute again; only down_proj
+    is quantized (a search's child mostly changes a linear or two)."""
+    model, blocks, ids = model_and_ids
+    n = len(blocks)
+    packs = []
+    pack = GPTQBackend._pack
+    monkeypatch.setattr(
+        GPTQBackend, "_pack", lambda self, task, bits: packs.append(bits) or pack(self, task, bits)
+    )
+    first, second, third = (2, 2, 2, 4, 4, 4, 4), (2, 2, 2, 4, 4, 4, 2), (4, 4, 4, 2, 2, 2, 2)
+    built = {}
+    for reuse in (True, False):
+        engine = _engine(_gptq(), model, blocks, ids)
+        applier = PlanApplier(blocks, engine)
+        packs.clear()
+        for widths in (first, second, third):
+            if not reuse:
+                engine._kept.clear()
+            applier.apply(Plan(tuple(widths if i == 1 else FULL_PRECISION for i in range(n))))
+            built[reuse, widths] = _weights(blocks[1])
+            applier.restore()
+        built[reuse, "packs"] = list(packs)
+    assert built[False, "packs"] == [*first, *second, *third]
+    assert built[True, "packs"] == [*first, 2, *third]  # nothing kept has third's q, k, v
+    for widths in (first, second, third):
+        a, b = built[True, widths], built[False, widths]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), widths

@@ -90,7 +90,9 @@ class Backend(Protocol):
         """Quantize `unit` to `bits`; return what to install (or keep) in its place.
 
         linear: (a linear module, int bits, None) -> the module to install.
-        block: (a block, int bits, the BlockInputs entering it) -> the block, packed.
+        block: (a block, int bits, the BlockInputs entering it) -> the block, packed; a
+        `built=` keyword gives (bits, packed block) pairs built before on the same inputs
+        that the backend may take parts of that would come out the same.
         Window: (every block, the plan's bits, the BlockInputs entering block 0) ->
         every block, packed.
         The unit may be consumed (mutated or emptied): callers pass copies. 16 bits

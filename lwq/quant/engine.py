@@ -141,9 +141,11 @@ class Engine:
             self._first = self._capture()
         return self._first
 
-    def _quantized(self, j: int, block, bits: int, inputs: BlockInputs, device) -> torch.nn.Module:
+    def _quantized(
+        self, j: int, block, bits, inputs: BlockInputs, device, built=()
+    ) -> torch.nn.Module:
         copied = copy.deepcopy(block).to(device)
-        variant = quantize_block(copied, self.backend, bits, inputs, j, packed=True)
+        variant = quantize_block(copied, self.backend, bits, inputs, j, packed=True, built=built)
         self.builds += 1
         return variant.to(self.keep_on)
 
@@ -175,7 +177,10 @@ class Engine:
         it: a cursor walks the originals forward (plans are installed in block order, so
         a plan's mixed blocks cost one walk between them)."""
         self._full = self._full_precision_at(i, original, device)
-        self._kept[(i, widths)] = self._quantized(i, original(i), widths, self._full, device)
+        # block i's kept variants were built on these same inputs: GPTQ takes the leading
+        # groups one of them quantized at the same widths (a search's child changes few)
+        built = [(k[1], v) for k, v in self._kept.items() if k[0] == i and len(k) == 2]
+        self._kept[(i, widths)] = self._quantized(i, original(i), widths, self._full, device, built)
         self._mixed[(i, widths)] = None
         blocks = len(self._full.kwargs)  # kwargs: one list per block
         while len(self._mixed) > max(1, MIXED_KEPT_PER_BLOCK * blocks):  # never the new one
@@ -255,10 +260,12 @@ def quantize_block(
     inputs: BlockInputs | None = None,
     index: int | None = None,
     packed: bool = False,
+    built=(),
 ) -> torch.nn.Module:
     """`block` (mutated) at `bits`, ready to evaluate: each linear on its own, or for a
-    block backend the whole block on `inputs` (left packed with `packed`). Errors name
-    the block `index`. Returns the block."""
+    block backend the whole block on `inputs` (left packed with `packed`; `built`: its
+    variants built before on the same inputs, which it may take groups from). Errors
+    name the block `index`. Returns the block."""
     where = "" if index is None else f"block {index} "
     if backend.unit == LINEAR:
         quantize_linears(block, backend, bits, where)
@@ -267,7 +274,7 @@ def quantize_block(
         raise LwqError(f"quant={backend.name} needs the calibration inputs entering {where}block")
     try:
         if backend.unit == BLOCK:
-            block = backend.quantize(block, bits, inputs)
+            block = backend.quantize(block, bits, inputs, built=built)
         else:  # a window backend: a plan of this one block
             block = backend.quantize([block], (bits,), inputs)[0]
     except LwqError as err:

@@ -17,8 +17,10 @@ model, or those of the already-quantized blocks before it) is the engine's choic
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 
@@ -128,13 +130,17 @@ class GPTQBackend:
         }
 
     @torch.no_grad()
-    def quantize(self, block: torch.nn.Module, bits: int, inputs: BlockInputs) -> torch.nn.Module:
+    def quantize(
+        self, block: torch.nn.Module, bits, inputs: BlockInputs, built: Sequence[tuple] = ()
+    ) -> torch.nn.Module:
         """`block` (mutated) with every linear replaced by its packed GPTQ `TorchLinear`.
 
         `bits` is one width, or one per linear in `block_linears` order (16: that linear is
         left as loaded). `inputs` are the hidden states entering this block; the block runs
         them once per group of linears (once in all without true_sequential), each forward
-        only as far as the group's last linear.
+        only as far as the group's last linear. `built`: (bits, packed block) of this
+        block built before on the same inputs; the leading groups one of them quantized
+        at the same widths are taken from it (GPTQ would compute the same tensors).
         """
         if bits == FULL_PRECISION:
             return block
@@ -146,9 +152,16 @@ class GPTQBackend:
         groups = order if self.true_sequential else [[n for g in order for n in g]]
         if sorted(n for g in groups for n in g) != sorted(linears):  # never skip a linear
             raise LwqError(f"GPTQ found linears {groups} in a block holding {sorted(linears)}")
+        done = _same_leading_groups(groups, width, built)
         groups = [[n for n in g if width[n] != FULL_PRECISION] for g in groups]
         packed = {}
         for group in filter(None, groups):
+            if group[0] in done:  # the same inputs and widths up to here: the same result
+                for name in group:
+                    packed[name] = done[name].to(linears[name].weight.device)
+                    if self.true_sequential:
+                        block.set_submodule(name, self._runnable(packed[name], linears[name]))
+                continue
             tasks = {name: self._task(linears[name], width[name]) for name in group}
             handles = [
                 linears[name].register_forward_pre_hook(self._collector(tasks[name]))
@@ -286,6 +299,22 @@ class GPTQBackend:
         packed.pack(linear, scale, zero, g_idx)
         self._post_init(packed)
         return packed.to(linear.weight.device).eval()
+
+
+def _same_leading_groups(groups: list[list[str]], width: dict, built: Sequence[tuple]) -> dict:
+    """Copies of the packed linears of the most leading `groups` that one of the `built`
+    blocks quantized at exactly `width` (every linear of those groups, those left at 16
+    too: they shape the next groups' inputs), by name."""
+    best, taken = 0, {}
+    for bits, block in built:
+        theirs = dict(zip(width, entry_widths(bits, len(width)), strict=True))
+        same = 0
+        while same < len(groups) and all(theirs[n] == width[n] for n in groups[same]):
+            same += 1
+        if same > best:
+            names = [n for g in groups[:same] for n in g if width[n] != FULL_PRECISION]
+            best, taken = same, {n: block.get_submodule(n) for n in names}
+    return {n: copy.deepcopy(m) for n, m in taken.items()}
 
 
 def _call_order(block, inputs: BlockInputs, linears: dict) -> tuple[list[list[str]], bool]:
