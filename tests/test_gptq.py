@@ -207,7 +207,9 @@ def test_calibrated_blocks_are_built_once_and_shared_through_the_store(tmp_path,
 
     calls = []
     quantize = GPTQBackend.quantize
-    monkeypatch.setattr(GPTQBackend, "quantize", lambda *a: calls.append(1) or quantize(*a))
+    monkeypatch.setattr(
+        GPTQBackend, "quantize", lambda *a, **k: calls.append(1) or quantize(*a, **k)
+    )
     overrides = [*small_run_overrides(tmp_path), "quant=gptq", "quant.settings.group_size=32"]
     run_sweep(compose_config(*overrides, "sweep.fractions=[0.5]"))
     built = len(calls)
