@@ -35,6 +35,7 @@ from lwq.modeling.load import (
 )
 from lwq.quant.base import BLOCK
 from lwq.quant.cost import SizeTable
+from lwq.quant.engine import keep_stride
 from lwq.results.store import RecordStore
 from lwq.runtime import DTYPES
 from lwq.units import tied_labels
@@ -97,12 +98,13 @@ def _kept_inputs_line(run: RunConfig, hidden: int, n_blocks: int) -> str:
     auto = run.model.dtype == "auto"
     dtype = "bfloat16" if auto else run.model.dtype
     per_block = run.calib.samples * run.calib.seq_len * hidden * DTYPES[dtype].itemsize
-    room = int((run.eval.reuse_memory or 0) * 1e9) // per_block
+    stride = keep_stride(n_blocks, per_block, int((run.eval.reuse_memory or 0) * GB))
     return (
         f"mixed-width blocks (quant={run.quant.name}): one block's full-precision inputs are "
         f"{per_block / 1e6:.0f} MB ({run.calib.samples} x {run.calib.seq_len} x {hidden} "
-        f"{dtype}); eval.reuse_memory={run.eval.reuse_memory or 0:g} GB keeps up to "
-        f"{min(room, n_blocks - 1)} of {n_blocks - 1}, so a walk to one starts at the nearest"
+        f"{dtype}); eval.reuse_memory={run.eval.reuse_memory or 0:g} GB keeps "
+        f"{len(range(stride, n_blocks, stride))} of {n_blocks - 1}, so a walk to one starts "
+        "at the nearest"
     )
 
 

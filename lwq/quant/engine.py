@@ -205,12 +205,8 @@ class Engine:
         return full
 
     def _stride(self, inputs: BlockInputs) -> int:
-        """Keep every stride-th block's inputs: as many as `keep_inputs` bytes hold, evenly
-        spread (a block past the last is never kept)."""
         per_block = sum(h.nbytes for h in inputs.hidden)
-        room = self._keep_bytes // max(1, per_block)
-        blocks = len(inputs.kwargs)
-        return max(1, -(-(blocks - 1) // room)) if room else blocks
+        return keep_stride(len(inputs.kwargs), per_block, self._keep_bytes)
 
     def _walk_sequential(self, i: int, plan: Plan, original: Originals, installed, device) -> None:
         """Block i on the inputs the plan's installed blocks 0..i-1 produce."""
@@ -251,6 +247,14 @@ class Engine:
         else:
             built = self.store.blocks(tuple(plan.bits), n, self.backend, original, build)
         self._kept.update({(j, *self.key(j, plan)): block for j, block in built.items()})
+
+
+def keep_stride(blocks: int, per_block: int, keep_bytes: int) -> int:
+    """Keep every stride-th block's inputs (blocks stride, 2 x stride, ... below `blocks`):
+    as many as `keep_bytes` hold, evenly spread; `blocks` (none kept) when not one fits.
+    The engine's rule, and the dry run's account of it."""
+    room = keep_bytes // max(1, per_block)
+    return max(1, -(-(blocks - 1) // room)) if room else blocks
 
 
 def quantize_block(
